@@ -1,0 +1,147 @@
+"""The one configuration object for Flywheel.
+
+Every setting is read, in this order of precedence, from:
+  1. keyword arguments (tests),
+  2. environment variables `FLYWHEEL_<NAME>` (e.g. `FLYWHEEL_HOME`, `FLYWHEEL_TOP_K`),
+  3. a TOML file: `$FLYWHEEL_CONFIG`, else `$FLYWHEEL_HOME/config.toml` if it exists,
+  4. the defaults below.
+Secrets of other services keep their usual names (`ANTHROPIC_API_KEY`, `SLACK_BOT_TOKEN`, ...).
+
+`flywheel config` prints the effective settings with secrets masked.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+
+def _default_home() -> Path:
+    return Path(os.environ.get("FLYWHEEL_HOME") or Path.home() / ".flywheel").expanduser()
+
+
+def config_file_path() -> Path | None:
+    explicit = os.environ.get("FLYWHEEL_CONFIG")
+    if explicit:
+        return Path(explicit).expanduser()
+    candidate = _default_home() / "config.toml"
+    return candidate if candidate.exists() else None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FLYWHEEL_", extra="ignore", validate_default=True)
+
+    # --- where state lives -------------------------------------------------------------------
+    home: Path = Field(default_factory=_default_home, description="All state: SQLite, Chroma, models, adapters.")
+
+    # --- knowledge base ------------------------------------------------------------------------
+    embedding_model: str = Field("", description="Sentence-transformers id or path; empty = bundled all-MiniLM-L6-v2.")
+    chunk_tokens: int = Field(192, description="Max chunk size in embedder tokens (MiniLM truncates at 256).")
+    chunk_overlap: int = Field(32, description="Overlap between consecutive chunks of a section, in tokens.")
+    max_file_mb: float = Field(100.0, description="Files larger than this are rejected at ingest.")
+    collection: str = Field("chunks", description="Chroma collection name.")
+    chroma_host: str = Field("", description="Chroma server host for client/server mode; empty = embedded.")
+    chroma_port: int = 8000
+
+    # --- retrieval ----------------------------------------------------------------------------
+    top_k: int = Field(5, description="Chunks returned by retrieval.")
+    candidates: int = Field(40, description="Candidates per retriever before fusion.")
+    rrf_k: int = Field(60, description="Reciprocal-rank-fusion constant.")
+    reranker_model: str = Field("", description="Cross-encoder id or path; empty = no reranking.")
+    context_chunks: int = Field(4, description="Chunks placed in the prompt.")
+    context_tokens: int = Field(900, description="Token budget of the context in the prompt.")
+    min_relevance: float = Field(0.25, description="Below this best dense similarity, the docs don't answer.")
+
+    # --- generation ---------------------------------------------------------------------------
+    backend: Literal["transformers", "anthropic", "openai"] = "transformers"
+    model: str = Field("", description="HF id or local path for the transformers backend; empty = SmolLM2-135M.")
+    adapter: str = Field("", description="Force a LoRA adapter path (normally the promoted one is used).")
+    max_new_tokens: int = 200
+    temperature: float = 0.0
+    threads: int = Field(0, description="torch threads; 0 = all cores.")
+    anthropic_model: str = "claude-sonnet-4-5"
+    openai_base_url: str = Field("", description="OpenAI-compatible endpoint, e.g. a vLLM server.")
+    openai_model: str = ""
+    anthropic_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("ANTHROPIC_API_KEY"))
+    anthropic_base_url: str = Field("", validation_alias=AliasChoices("ANTHROPIC_BASE_URL"))
+    openai_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("OPENAI_API_KEY"))
+
+    # --- Slack --------------------------------------------------------------------------------
+    slack_bot_token: SecretStr | None = Field(None, validation_alias=AliasChoices("SLACK_BOT_TOKEN"))
+    slack_app_token: SecretStr | None = Field(None, validation_alias=AliasChoices("SLACK_APP_TOKEN"))
+    slack_signing_secret: SecretStr | None = Field(None, validation_alias=AliasChoices("SLACK_SIGNING_SECRET"))
+    slack_api_url: str = Field("", description="Slack Web API base URL (GovSlack, proxies, tests).")
+    admin_users: str = Field("", description="Comma-separated Slack user IDs allowed to run admin commands.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = config_file_path()
+        if path is not None:
+            if not path.exists():
+                raise FileNotFoundError(f"FLYWHEEL_CONFIG points to {path}, which does not exist")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    # --- derived paths ------------------------------------------------------------------------
+    @property
+    def db_path(self) -> Path:
+        return self.home / "flywheel.db"
+
+    @property
+    def chroma_dir(self) -> Path:
+        return self.home / "chroma"
+
+    @property
+    def bm25_dir(self) -> Path:
+        return self.home / "bm25"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.home / "adapters"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.home / "datasets"
+
+    @property
+    def checkpoints_path(self) -> Path:
+        return self.home / "conversations.db"
+
+    def ensure_dirs(self) -> None:
+        for path in (self.home, self.chroma_dir, self.bm25_dir, self.models_dir, self.adapters_dir, self.datasets_dir):
+            path.mkdir(parents=True, exist_ok=True)
+
+    def masked(self) -> dict[str, object]:
+        """The effective settings as plain values, secrets shown as '***' (or None when unset)."""
+        out: dict[str, object] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = "***" if value.get_secret_value() else None
+            elif isinstance(value, Path):
+                value = str(value)
+            out[name] = value
+        return out
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (tests build their own `Settings(home=tmp_path)`)."""
+    return Settings()

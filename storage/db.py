@@ -1,0 +1,305 @@
+"""SQLite through sqlite-utils: the explicit schema, versioned migrations and small typed helpers.
+
+Everything that is not a vector lives here: documents, chunks, interactions, feedback,
+distilled Q&A pairs, preference pairs, training runs, the adapter registry and the audit log.
+Migrations are append-only: never edit one that has shipped, add the next version.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+MIGRATIONS: list[str] = [
+    # 1: the knowledge base, interactions and feedback, the flywheel's tables
+    """
+    CREATE TABLE documents (
+        id TEXT PRIMARY KEY,            -- sha1 of the absolute path
+        path TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL,
+        kind TEXT,                      -- pdf | markdown | html | text
+        sha256 TEXT,
+        size INTEGER,
+        pages INTEGER,
+        chunks INTEGER NOT NULL DEFAULT 0,
+        status TEXT NOT NULL,           -- ok | failed
+        error TEXT,
+        warnings TEXT,                  -- JSON list (e.g. scanned pages)
+        ingested_at TEXT,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE chunks (
+        id TEXT PRIMARY KEY,            -- document id + ordinal
+        document_id TEXT NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+        ord INTEGER NOT NULL,
+        source TEXT NOT NULL,           -- file name
+        page INTEGER,                   -- 1-based physical page, PDFs only
+        heading TEXT,                   -- heading path, ' > '-joined
+        text TEXT NOT NULL,
+        tokens INTEGER NOT NULL,
+        distilled_at TEXT
+    );
+    CREATE INDEX idx_chunks_document ON chunks(document_id);
+    CREATE TABLE interactions (
+        id TEXT PRIMARY KEY,
+        conversation_id TEXT,
+        channel TEXT,
+        user_id TEXT,
+        surface TEXT NOT NULL,          -- cli | slack | eval
+        question TEXT NOT NULL,
+        condensed_question TEXT,
+        answer TEXT NOT NULL,
+        grounded INTEGER NOT NULL,
+        route TEXT,
+        citations TEXT NOT NULL,        -- JSON list
+        retrieved TEXT NOT NULL,        -- JSON list
+        prompt TEXT,                    -- the exact prompt the model saw (for preference data)
+        model TEXT,
+        adapter TEXT,
+        timings TEXT,                   -- JSON {stage: ms}
+        error TEXT,
+        message_ts TEXT,                -- Slack ts of the answer message
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX idx_interactions_message ON interactions(channel, message_ts);
+    CREATE INDEX idx_interactions_conversation ON interactions(conversation_id);
+    CREATE TABLE feedback (
+        id INTEGER PRIMARY KEY,
+        interaction_id TEXT NOT NULL REFERENCES interactions(id),
+        user_id TEXT NOT NULL,
+        vote INTEGER NOT NULL,          -- +1 | -1 | 0 (removed)
+        source TEXT NOT NULL,           -- reaction | button | cli
+        comment TEXT,
+        correction TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        UNIQUE (interaction_id, user_id)
+    );
+    CREATE TABLE qa_pairs (
+        id TEXT PRIMARY KEY,
+        chunk_id TEXT,
+        document_id TEXT,
+        section TEXT,
+        question TEXT NOT NULL,
+        answer TEXT NOT NULL,
+        reasoning TEXT,
+        split TEXT NOT NULL,            -- train | heldout
+        teacher TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE preference_pairs (
+        id TEXT PRIMARY KEY,
+        interaction_id TEXT,
+        prompt TEXT NOT NULL,
+        chosen TEXT NOT NULL,
+        rejected TEXT NOT NULL,
+        source TEXT NOT NULL,           -- correction | teacher_rewrite
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE training_runs (
+        id TEXT PRIMARY KEY,
+        trigger TEXT,                   -- schedule | command | slack
+        status TEXT NOT NULL,           -- running | succeeded | failed | skipped
+        stage TEXT,
+        started_at TEXT NOT NULL,
+        finished_at TEXT,
+        durations TEXT,                 -- JSON {stage: seconds}
+        counts TEXT,                    -- JSON
+        metrics TEXT,                   -- JSON
+        adapter_version TEXT,
+        error TEXT
+    );
+    CREATE TABLE adapters (
+        version TEXT PRIMARY KEY,
+        path TEXT NOT NULL,
+        base_model TEXT NOT NULL,
+        status TEXT NOT NULL,           -- candidate | promoted | retired | rejected
+        run_id TEXT,
+        config TEXT,
+        data_counts TEXT,
+        losses TEXT,
+        metrics TEXT,
+        created_at TEXT NOT NULL,
+        promoted_at TEXT
+    );
+    CREATE TABLE audit_log (
+        id INTEGER PRIMARY KEY,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        detail TEXT,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE kv (
+        key TEXT PRIMARY KEY,
+        value TEXT
+    );
+    """,
+]
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def connect(path: Path | str) -> sqlite_utils.Database:
+    """Open the database in WAL mode and bring its schema up to date."""
+    conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30, isolation_level=None)
+    db = sqlite_utils.Database(conn)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA foreign_keys=ON")
+    db.execute("PRAGMA busy_timeout=30000")
+    migrate(db)
+    return db
+
+
+def schema_version(db: sqlite_utils.Database) -> int:
+    return db.execute("PRAGMA user_version").fetchone()[0]
+
+
+def migrate(db: sqlite_utils.Database) -> int:
+    """Apply every migration newer than the database's `user_version`, each in one transaction."""
+    current = schema_version(db)
+    for version, script in enumerate(MIGRATIONS, start=1):
+        if version <= current:
+            continue
+        conn = db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _statements(script):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={version}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return schema_version(db)
+
+
+def _statements(script: str) -> list[str]:
+    parts, buffer = [], ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            parts.append(buffer.strip())
+            buffer = ""
+    return [p for p in parts if p]
+
+
+class Store:
+    """The SQLite store: one connection, guarded by a lock so threads (Slack workers) can share it."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.db = connect(self.path)
+        self.lock = threading.RLock()
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    # --- generic ------------------------------------------------------------------------------
+    def query(self, sql: str, params: tuple | dict = ()) -> list[dict[str, Any]]:
+        with self.lock:
+            return list(self.db.query(sql, params))
+
+    def scalar(self, sql: str, params: tuple | dict = ()) -> Any:
+        with self.lock:
+            row = self.db.execute(sql, params).fetchone()
+        return row[0] if row else None
+
+    def audit(self, actor: str, action: str, detail: Any = None) -> None:
+        with self.lock:
+            self.db["audit_log"].insert(
+                {"actor": actor, "action": action, "detail": _json(detail), "created_at": now()}
+            )
+
+    def get_kv(self, key: str, default: str | None = None) -> str | None:
+        value = self.scalar("SELECT value FROM kv WHERE key = ?", (key,))
+        return default if value is None else value
+
+    def set_kv(self, key: str, value: str | None) -> None:
+        with self.lock:
+            self.db["kv"].upsert({"key": key, "value": value}, pk="key")
+
+    # --- interactions and feedback ------------------------------------------------------------
+    def record_interaction(self, **fields: Any) -> str:
+        row = {"id": fields.pop("id", None) or new_id(), "created_at": now(), **fields}
+        for key in ("citations", "retrieved", "timings"):
+            row[key] = _json(row.get(key) or ([] if key != "timings" else {}))
+        row["grounded"] = int(bool(row.get("grounded")))
+        with self.lock:
+            self.db["interactions"].insert(row)
+        return row["id"]
+
+    def interaction(self, interaction_id: str) -> dict[str, Any] | None:
+        rows = self.query("SELECT * FROM interactions WHERE id = ?", (interaction_id,))
+        return _decode(rows[0]) if rows else None
+
+    def set_vote(
+        self,
+        interaction_id: str,
+        user_id: str,
+        vote: int,
+        source: str,
+        comment: str | None = None,
+        correction: str | None = None,
+    ) -> None:
+        """One vote per user per answer: a new vote replaces the old one, 0 records a removal."""
+        stamp = now()
+        with self.lock:
+            self.db.execute(
+                """
+                INSERT INTO feedback (interaction_id, user_id, vote, source, comment, correction,
+                                      created_at, updated_at)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT (interaction_id, user_id) DO UPDATE SET
+                    vote = excluded.vote, source = excluded.source,
+                    comment = COALESCE(excluded.comment, feedback.comment),
+                    correction = COALESCE(excluded.correction, feedback.correction),
+                    updated_at = excluded.updated_at
+                """,
+                (interaction_id, user_id, vote, source, comment, correction, stamp, stamp),
+            )
+
+    def feedback_counts(self) -> dict[str, int]:
+        rows = self.query("SELECT vote, COUNT(*) AS n FROM feedback GROUP BY vote")
+        counts = {row["vote"]: row["n"] for row in rows}
+        return {"up": counts.get(1, 0), "down": counts.get(-1, 0)}
+
+    # --- adapter registry ---------------------------------------------------------------------
+    def promoted_adapter(self) -> dict[str, Any] | None:
+        rows = self.query(
+            "SELECT * FROM adapters WHERE status = 'promoted' ORDER BY promoted_at DESC LIMIT 1"
+        )
+        return _decode(rows[0]) if rows else None
+
+
+def _json(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+_JSON_COLUMNS = {"citations", "retrieved", "timings", "warnings", "durations", "counts", "metrics", "config",
+                 "data_counts", "losses", "detail"}
+
+
+def _decode(row: dict[str, Any]) -> dict[str, Any]:
+    out = dict(row)
+    for key in _JSON_COLUMNS & out.keys():
+        if isinstance(out[key], str):
+            try:
+                out[key] = json.loads(out[key])
+            except json.JSONDecodeError:
+                pass
+    return out
