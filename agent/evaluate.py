@@ -1,0 +1,111 @@
+"""Evaluate retrieval and answers on a QA file.
+
+    flywheel eval --qa ../shared/eval/sqlite/qa.jsonl --docs ../shared/eval/sqlite/docs --out results.jsonl
+
+Each QA line has `question`, `answer` (reference), `must_include` (strings), and `source` (file name)
+and/or `pages` (1-based physical page indices). Scores: hit@1, hit@5 and MRR (a retrieved chunk from
+the item's source, on one of its pages when given), accuracy (every must_include string in the answer,
+case-insensitive), token-F1 and ROUGE-L against the reference, groundedness (share of answer sentences
+supported by the cited chunks), and latency p50/p95.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from statistics import mean
+from typing import Any
+
+from rich.table import Table
+
+from agent.metrics import contains_all, groundedness, hit_at_k, percentile, reciprocal_rank, rouge_l, token_f1
+
+
+def load_qa(path: Path, limit: int = 0) -> list[dict[str, Any]]:
+    items = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        item = json.loads(line)
+        if "question" not in item:
+            raise ValueError(f"{path}:{number}: every line needs a 'question'")
+        item.setdefault("id", f"q{number:03d}")
+        items.append(item)
+    return items[:limit] if limit else items
+
+
+def score_item(item: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """Per-item scores; retrieval scores only when the item names a source or pages."""
+    scores: dict[str, Any] = {}
+    retrieved = result["retrieved"]
+    if item.get("source") or item.get("pages"):
+        source, pages = item.get("source"), item.get("pages")
+        scores["hit@1"] = hit_at_k(retrieved, source, pages, 1)
+        scores["hit@5"] = hit_at_k(retrieved, source, pages, 5)
+        scores["mrr"] = reciprocal_rank(retrieved, source, pages)
+    answer = result.get("answer")
+    if answer is not None:
+        if item.get("must_include"):
+            scores["accuracy"] = contains_all(answer, item["must_include"])
+        if item.get("answer"):
+            scores["f1"] = token_f1(answer, item["answer"])
+            scores["rouge_l"] = rouge_l(answer, item["answer"])
+        scores["groundedness"] = groundedness(answer, [c.get("text", "") for c in result.get("citations", [])])
+        scores["grounded"] = bool(result.get("grounded"))
+    return scores
+
+
+def run_eval(agent, qa_path: Path, out: Path | None = None, limit: int = 0, retrieval_only: bool = False,
+             progress: bool = True) -> dict[str, Any]:
+    """Ask every question (fresh thread each), write RESULTS lines to `out`, return the summary."""
+    from rich.progress import Progress
+
+    items = load_qa(qa_path, limit)
+    rows: list[dict[str, Any]] = []
+    k = max(agent.settings.top_k, 5)
+    with Progress(transient=True, disable=not progress) as bar:
+        task = bar.add_task("Evaluating", total=len(items))
+        for item in items:
+            started = time.perf_counter()
+            if retrieval_only:
+                search = agent.retriever.search(item["question"], k=k)
+                retrieved = [{"source": h.source, "page": h.page, "score": h.score} for h in search.hits]
+                result = {"answer": None, "citations": [], "retrieved": retrieved, "grounded": None}
+            else:
+                answer = agent.answer(item["question"], surface="eval")
+                result = {"answer": answer.answer, "citations": answer.citations, "retrieved": answer.retrieved,
+                          "grounded": answer.grounded}
+            result["latency_ms"] = round((time.perf_counter() - started) * 1000, 1)
+            row = {"id": item["id"], "question": item["question"], **result}
+            row["scores"] = score_item(item, result)
+            rows.append(row)
+            bar.advance(task)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("w") as handle:
+            for row in rows:
+                public = {**row, "citations": [{k: v for k, v in c.items() if k != "text"} for c in row["citations"]]}
+                handle.write(json.dumps(public, ensure_ascii=False) + "\n")
+    return summarize(rows)
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    summary: dict[str, Any] = {"n": len(rows)}
+    for key in ("hit@1", "hit@5", "mrr", "accuracy", "f1", "rouge_l", "groundedness", "grounded"):
+        values = [float(r["scores"][key]) for r in rows if key in r["scores"]]
+        if values:
+            summary[key] = round(mean(values), 4)
+    latencies = [r["latency_ms"] for r in rows]
+    if latencies:
+        summary["latency_p50_ms"] = round(percentile(latencies, 50), 1)
+        summary["latency_p95_ms"] = round(percentile(latencies, 95), 1)
+    return summary
+
+
+def render_summary(summary: dict[str, Any]) -> Table:
+    table = Table("metric", "value", title=f"Evaluation on {summary['n']} questions")
+    for key, value in summary.items():
+        if key != "n":
+            table.add_row(key, f"{value:.3f}" if isinstance(value, float) and value <= 1.0 else str(value))
+    return table

@@ -1,0 +1,313 @@
+"""The answering agent: a LangGraph StateGraph with one node per step.
+
+    route ─┬─ smalltalk ───────────────────────────────────────────────┐
+           └─ condense → retrieve → select ─┬─ generate → check ──────┤→ finalize
+                                            └─ not_found ─────────────┘
+
+Conversation memory lives in langgraph's SQLite checkpointer, keyed by thread id (a Slack thread,
+a terminal chat). Every answer is recorded as an interaction in SQLite with its citations,
+retrieved chunks, model, adapter and per-stage timings.
+
+    flywheel ask "What is the canary percentage for deploys?"
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+import re
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated, Any, TypedDict
+
+from agent.grounding import attribute_citations, extractive_answer
+from agent.prompts import CONDENSE_PROMPT, NOT_FOUND, build_messages, passage_label
+from agent.retrieval import Hit, Retriever
+from storage.config import Settings
+from storage.db import Store
+from storage.knowledge import KnowledgeBase
+
+log = logging.getLogger(__name__)
+
+SMALLTALK = {
+    "greeting": (
+        re.compile(r"^\s*(hi|hello|hey|yo|hiya|good (morning|afternoon|evening))\b[\s!.,]*(there|flywheel|all|team)?[\s!.]*$", re.I),
+        "Hi! Ask me anything about the team's documents and I'll answer with sources.",
+    ),
+    "thanks": (
+        re.compile(r"^\s*(thanks?( you)?|thx|ty|cheers|great,? thanks?|perfect,? thanks?)\b[\s!.]*(a lot|so much)?[\s!.]*$", re.I),
+        "You're welcome! React with 👍 or 👎 on my answers — it helps me get better.",
+    ),
+    "help": (
+        re.compile(r"^\s*(help|what can you do\??|who are you\??)\s*$", re.I),
+        "I answer questions from the team's documents, citing the passages I used. "
+        "Ask me in a thread to follow up; react 👍/👎 to teach me.",
+    ),
+}
+FOLLOW_UP = re.compile(r"\b(it|its|that|this|those|these|they|them|there|he|she|same|also|what about|and if|how about)\b", re.I)
+
+
+class AnswerState(TypedDict, total=False):
+    question: str
+    sources: list[str] | None
+    history: Annotated[list[dict[str, str]], operator.add]  # kept across turns by the checkpointer
+    route: str
+    query: str
+    hits: list[dict[str, Any]]
+    best_dense: float
+    context: list[dict[str, Any]]
+    prompt: list[dict[str, str]]
+    draft: str
+    answer: str
+    grounded: bool
+    citations: list[dict[str, Any]]
+    timings: dict[str, float]
+
+
+@dataclass
+class Answer:
+    question: str
+    answer: str
+    grounded: bool
+    citations: list[dict[str, Any]]
+    retrieved: list[dict[str, Any]]
+    timings_ms: dict[str, float]
+    model: str | None
+    adapter: str | None
+    route: str
+    interaction_id: str | None = None
+    thread_id: str | None = None
+    query: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        """The `flywheel ask --json` contract."""
+        return {
+            "answer": self.answer,
+            "citations": [
+                {k: c.get(k) for k in ("n", "source", "page", "heading", "chunk_id", "score")} for c in self.citations
+            ],
+            "grounded": self.grounded,
+            "timings_ms": self.timings_ms,
+            "model": self.model,
+            "adapter": self.adapter,
+            "interaction_id": self.interaction_id,
+        }
+
+
+def _timed(state: AnswerState, name: str, started: float) -> dict[str, float]:
+    return {**state.get("timings", {}), name: round((time.perf_counter() - started) * 1000, 1)}
+
+
+class Agent:
+    """Owns the knowledge base, the retriever, the (lazily loaded) generator and the compiled graph."""
+
+    def __init__(self, settings: Settings, store: Store | None = None, kb: KnowledgeBase | None = None, generator=None):
+        settings.ensure_dirs()
+        self.settings = settings
+        self.store = store or (kb.store if kb else Store(settings.db_path))
+        self.kb = kb or KnowledgeBase(settings, self.store)
+        self.retriever = Retriever(self.kb)
+        self._generator = generator
+        self.graph = self._build()
+
+    @property
+    def generator(self):
+        if self._generator is None:
+            from agent.generation import load_generator
+
+            self._generator = load_generator(self.settings, self.store)
+        return self._generator
+
+    # --- nodes --------------------------------------------------------------------------------
+    def route(self, state: AnswerState) -> dict:
+        question = state["question"].strip()
+        for name, (pattern, _) in SMALLTALK.items():
+            if pattern.match(question):
+                return {"route": name}
+        return {"route": "question"}
+
+    def smalltalk(self, state: AnswerState) -> dict:
+        reply = SMALLTALK[state["route"]][1]
+        return {"answer": reply, "grounded": True, "citations": [], "hits": [], "draft": reply}
+
+    def condense(self, state: AnswerState) -> dict:
+        """Make a follow-up standalone. A 135M model rewrites questions unreliably, so for the local
+        backend the follow-up is joined to the previous question, which retrieval handles well."""
+        started = time.perf_counter()
+        question = state["question"].strip()
+        previous = [t["content"] for t in state.get("history", []) if t["role"] == "user"]
+        query = question
+        if previous and (FOLLOW_UP.search(question) or len(question.split()) <= 5):
+            if self.settings.backend == "transformers":
+                query = f"{previous[-1]} {question}"
+            else:
+                turns = "\n".join(f"{t['role']}: {t['content']}" for t in state["history"][-6:])
+                prompt = CONDENSE_PROMPT.format(history=turns, question=question)
+                query = self.generator.generate([{"role": "user", "content": prompt}], max_new_tokens=80).strip() or question
+        return {"query": query, "timings": _timed(state, "condense_ms", started)}
+
+    def retrieve(self, state: AnswerState) -> dict:
+        started = time.perf_counter()
+        result = self.retriever.search(state["query"], k=self.settings.top_k, sources=state.get("sources"))
+        timings = {**_timed(state, "retrieve_ms", started), **result.timings_ms}
+        return {"hits": [h.as_dict() for h in result.hits], "best_dense": result.best_dense, "timings": timings}
+
+    def select(self, state: AnswerState) -> dict:
+        """Keep the best chunks that fit the prompt budget, best first (small models read the top best)."""
+        context, used = [], 0
+        for hit in state["hits"][: self.settings.context_chunks]:
+            if context and used + hit["tokens"] > self.settings.context_tokens:
+                break
+            context.append(hit)
+            used += hit["tokens"]
+        return {"context": context}
+
+    def answerable(self, state: AnswerState) -> str:
+        if not state["context"] or state.get("best_dense", 0.0) < self.settings.min_relevance:
+            return "not_found"
+        return "generate"
+
+    def generate(self, state: AnswerState) -> dict:
+        from langgraph.config import get_stream_writer
+
+        write = get_stream_writer()
+        started = time.perf_counter()
+        passages = [Hit(**h) for h in state["context"]]
+        messages = build_messages(state["query"], passages)
+        if hasattr(self.generator, "refresh_adapter"):
+            self.generator.refresh_adapter()  # pick up a newly promoted adapter between answers
+        pieces: list[str] = []
+        first_token_ms = None
+        for piece in self.generator.stream(messages, max_new_tokens=self.settings.max_new_tokens):
+            if first_token_ms is None:
+                first_token_ms = round((time.perf_counter() - started) * 1000, 1)
+            pieces.append(piece)
+            write({"token": piece})
+        timings = _timed(state, "generate_ms", started)
+        timings["first_token_ms"] = first_token_ms or timings["generate_ms"]
+        return {"draft": "".join(pieces).strip(), "prompt": messages, "timings": timings}
+
+    def check(self, state: AnswerState) -> dict:
+        """Keep the model's answer only if the context supports it; otherwise quote the passage that
+        answers (when retrieval is confident) or say plainly that the documents don't say."""
+        started = time.perf_counter()
+        passages = [Hit(**h) for h in state["context"]]
+        draft = state["draft"]
+        refused = NOT_FOUND.lower().rstrip(".") in draft.lower()
+        attribution = attribute_citations(draft, passages)
+        if not refused and attribution.supported:
+            answer, cited = attribution.answer, attribution.cited
+        else:
+            quote = extractive_answer(state["query"], passages)
+            if quote is None:
+                return {**self._not_found(state), "timings": _timed(state, "check_ms", started)}
+            answer, cited = quote
+        citations = [_citation(n, passages[n - 1]) for n in cited]
+        return {"answer": answer, "grounded": True, "citations": citations, "timings": _timed(state, "check_ms", started)}
+
+    def not_found(self, state: AnswerState) -> dict:
+        return self._not_found(state)
+
+    def _not_found(self, state: AnswerState) -> dict:
+        closest = [Hit(**h) for h in state.get("hits", [])[:3]]
+        answer = NOT_FOUND
+        if closest:
+            answer += " The closest passages I found:\n" + "\n".join(f"• {passage_label(h)}" for h in closest)
+        return {"answer": answer, "grounded": False, "citations": []}
+
+    def finalize(self, state: AnswerState) -> dict:
+        turns = [{"role": "user", "content": state["question"]}, {"role": "assistant", "content": state["answer"]}]
+        return {"history": turns}
+
+    # --- wiring -------------------------------------------------------------------------------
+    def _build(self):
+        from langgraph.checkpoint.sqlite import SqliteSaver
+        from langgraph.graph import END, START, StateGraph
+
+        graph = StateGraph(AnswerState)
+        for name in ("route", "smalltalk", "condense", "retrieve", "select", "generate", "check", "not_found", "finalize"):
+            graph.add_node(name, getattr(self, name))
+        graph.add_edge(START, "route")
+        graph.add_conditional_edges("route", lambda s: "condense" if s["route"] == "question" else "smalltalk")
+        graph.add_edge("smalltalk", "finalize")
+        graph.add_edge("condense", "retrieve")
+        graph.add_edge("retrieve", "select")
+        graph.add_conditional_edges("select", self.answerable, ["generate", "not_found"])
+        graph.add_edge("generate", "check")
+        graph.add_edge("check", "finalize")
+        graph.add_edge("not_found", "finalize")
+        graph.add_edge("finalize", END)
+        connection = sqlite3.connect(str(self.settings.checkpoints_path), check_same_thread=False)
+        self.checkpointer = SqliteSaver(connection)
+        return graph.compile(checkpointer=self.checkpointer)
+
+    # --- entry point --------------------------------------------------------------------------
+    def answer(
+        self,
+        question: str,
+        thread_id: str | None = None,
+        *,
+        surface: str = "cli",
+        user_id: str | None = None,
+        channel: str | None = None,
+        sources: list[str] | None = None,
+        on_token: Callable[[str], None] | None = None,
+        record: bool = True,
+    ) -> Answer:
+        """Answer one question (a follow-up when `thread_id` has history), streaming tokens to `on_token`."""
+        started = time.perf_counter()
+        thread_id = thread_id or f"once:{uuid.uuid4().hex}"
+        turn = {
+            "question": question, "sources": sources, "route": "", "query": question, "hits": [], "context": [],
+            "prompt": [], "draft": "", "answer": "", "grounded": False, "citations": [], "timings": {},
+            "best_dense": 0.0,
+        }
+        state: dict[str, Any] = {}
+        config = {"configurable": {"thread_id": thread_id}}
+        for mode, chunk in self.graph.stream(turn, config, stream_mode=["custom", "values"]):
+            if mode == "custom" and on_token and "token" in chunk:
+                on_token(chunk["token"])
+            elif mode == "values":
+                state = chunk
+        timings = {**state.get("timings", {}), "total_ms": round((time.perf_counter() - started) * 1000, 1)}
+        used_model = state["route"] == "question" and bool(state.get("prompt"))
+        model = self.generator.name if used_model else None
+        adapter = getattr(self.generator, "adapter", None) if used_model else None
+        retrieved = [
+            {"source": h["source"], "page": h["page"], "heading": h["heading"], "chunk_id": h["chunk_id"],
+             "score": round(h["score"], 5), "dense": h["dense"], "lexical": h["lexical"]}
+            for h in state.get("hits", [])
+        ]
+        result = Answer(
+            question=question, answer=state["answer"], grounded=state["grounded"], citations=state["citations"],
+            retrieved=retrieved, timings_ms=timings, model=model, adapter=adapter, route=state["route"],
+            thread_id=thread_id, query=state.get("query"),
+        )
+        if record:
+            result.interaction_id = self.store.record_interaction(
+                conversation_id=thread_id, channel=channel, user_id=user_id, surface=surface, question=question,
+                condensed_question=state.get("query"), answer=result.answer, grounded=result.grounded,
+                route=result.route, citations=result.citations, retrieved=retrieved,
+                prompt=_prompt_text(state.get("prompt")), model=model, adapter=adapter, timings=timings,
+            )
+        return result
+
+    def forget(self, thread_id: str) -> None:
+        self.checkpointer.delete_thread(thread_id)
+
+
+def _citation(n: int, hit: Hit) -> dict[str, Any]:
+    return {"n": n, "source": hit.source, "page": hit.page, "heading": hit.heading, "chunk_id": hit.chunk_id,
+            "score": round(hit.score, 5), "text": hit.text}
+
+
+def _prompt_text(messages: list[dict[str, str]] | None) -> str | None:
+    if not messages:
+        return None
+    import json
+
+    return json.dumps(messages, ensure_ascii=False)

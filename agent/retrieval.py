@@ -1,0 +1,117 @@
+"""Hybrid retrieval: dense (Chroma, cosine) + lexical (BM25) fused by reciprocal rank, then an
+optional cross-encoder reranker. Every hit keeps its scores and provenance.
+
+    flywheel ask "How do I roll back a deploy?" --json   # shows the retrieved citations
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from typing import TYPE_CHECKING
+
+from storage.index import embedding_text
+
+if TYPE_CHECKING:
+    from storage.knowledge import KnowledgeBase
+
+
+@dataclass
+class Hit:
+    chunk_id: str
+    source: str
+    page: int | None
+    heading: str | None
+    text: str
+    score: float  # the final ranking score (RRF, or the reranker's when one is configured)
+    dense: float | None = None  # cosine similarity, when the dense retriever found it
+    lexical: float | None = None  # BM25 score, when the lexical retriever found it
+    rerank: float | None = None
+    tokens: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SearchResult:
+    hits: list[Hit]
+    best_dense: float  # the best cosine similarity among all dense candidates: how on-topic the docs are
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def reciprocal_rank_fusion(rankings: list[list[str]], k: int = 60) -> list[tuple[str, float]]:
+    """Fuse ranked id lists: score(d) = sum over lists of 1 / (k + rank), rank starting at 1."""
+    scores: dict[str, float] = {}
+    for ranking in rankings:
+        for rank, item in enumerate(ranking, start=1):
+            scores[item] = scores.get(item, 0.0) + 1.0 / (k + rank)
+    return sorted(scores.items(), key=lambda pair: (-pair[1], pair[0]))
+
+
+@lru_cache(maxsize=2)
+def _cross_encoder(name_or_path: str):
+    from sentence_transformers import CrossEncoder
+
+    return CrossEncoder(name_or_path, device="cpu", local_files_only=Path(name_or_path).exists())
+
+
+class Retriever:
+    def __init__(self, kb: "KnowledgeBase"):
+        self.kb = kb
+        self.settings = kb.settings
+
+    def search(self, query: str, k: int | None = None, sources: list[str] | None = None) -> SearchResult:
+        k = k or self.settings.top_k
+        n = self.settings.candidates
+        timings: dict[str, float] = {}
+
+        started = time.perf_counter()
+        embedding = self.kb.embedder.encode([query])[0]
+        dense = self.kb.vectors.query(embedding, n, sources)
+        timings["dense_ms"] = _ms(started)
+
+        started = time.perf_counter()
+        lexical = self.kb.lexical.query(query, n, sources)
+        timings["lexical_ms"] = _ms(started)
+
+        started = time.perf_counter()
+        fused = reciprocal_rank_fusion([[i for i, _ in dense], [i for i, _ in lexical]], k=self.settings.rrf_k)
+        pool = fused[: max(k, 20)] if self.settings.reranker_model else fused[: k * 3]
+        rows = self.kb.chunks_by_id([i for i, _ in pool])  # ids unknown to SQLite (stale vectors) drop out
+        dense_by_id, lexical_by_id = dict(dense), dict(lexical)
+        hits = [
+            Hit(
+                chunk_id=cid,
+                source=rows[cid]["source"],
+                page=rows[cid]["page"],
+                heading=rows[cid]["heading"],
+                text=rows[cid]["text"],
+                score=score,
+                dense=dense_by_id.get(cid),
+                lexical=lexical_by_id.get(cid),
+                tokens=rows[cid]["tokens"],
+            )
+            for cid, score in pool
+            if cid in rows
+        ]
+        timings["fuse_ms"] = _ms(started)
+
+        if self.settings.reranker_model and hits:
+            started = time.perf_counter()
+            model = _cross_encoder(self.settings.reranker_model)
+            scores = model.predict([(query, embedding_text(h.source, h.heading, h.text)) for h in hits])
+            for hit, value in zip(hits, scores):
+                hit.rerank = hit.score = float(value)
+            hits.sort(key=lambda h: -h.score)
+            timings["rerank_ms"] = _ms(started)
+
+        best = max((s for _, s in dense), default=0.0)
+        return SearchResult(hits=hits[:k], best_dense=best, timings_ms=timings)
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)

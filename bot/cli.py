@@ -1,0 +1,246 @@
+"""The `flywheel` command line: every capability is a typed function in agent/, storage/ or training/,
+and each command here only maps arguments onto it and renders the result.
+
+    flywheel demo                                   # ingest the sample handbook, ask sample questions
+    flywheel ingest docs/ handbook.pdf [--prune]    # add or refresh documents
+    flywheel ask "How do I roll back?" [--json]     # one cited answer
+    flywheel chat                                   # terminal chat with thread memory and 👍/👎
+    flywheel sources | status [--json] | config
+    flywheel eval --qa qa.jsonl --docs docs/ --out results.jsonl [--json]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Flywheel: a team assistant that learns.")
+console = Console()
+err = Console(stderr=True)
+
+
+def _settings():
+    from storage.config import get_settings
+
+    return get_settings()
+
+
+def _agent():
+    from agent.graph import Agent
+
+    return Agent(_settings())
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details to stderr.")] = False) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    for noisy in ("httpx", "chromadb", "sentence_transformers", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if verbose else logging.ERROR)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+# --- knowledge base -----------------------------------------------------------------------------
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Files and folders (recursive).")],
+    prune: Annotated[bool, typer.Option(help="Drop documents whose files disappeared.")] = False,
+    reindex: Annotated[bool, typer.Option(help="Rebuild the vector and BM25 indexes from SQLite first.")] = False,
+) -> None:
+    """Parse, chunk, embed and index documents (PDF, Markdown, HTML, text). Exit 1 if any file failed."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from storage.knowledge import KnowledgeBase
+
+    kb = KnowledgeBase(_settings())
+    if reindex:
+        console.print(f"Reindexed {kb.reindex()} chunks.")
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as progress:
+        task = progress.add_task("Ingesting", total=None)
+
+        def on_file(result, number: int, total: int) -> None:
+            progress.update(task, total=total, completed=number, description=f"Ingesting {Path(result.path).name}")
+
+        report = kb.ingest(paths, prune=prune, on_file=on_file)
+    _print_ingest_report(report)
+    if report.failed:
+        raise typer.Exit(1)
+
+
+def _print_ingest_report(report) -> None:
+    for result in report.files:
+        if result.status == "failed":
+            err.print(f"[red]✗ {escape(result.path)}[/]: {escape(result.error or '')}")
+        elif result.status == "skipped":
+            err.print(f"[yellow]- {escape(result.path)}[/]: skipped, {escape(result.error or '')}")
+        for warning in result.warnings:
+            err.print(f"[yellow]! {escape(result.path)}[/]: {escape(warning)}")
+    summary = ", ".join(
+        f"{report.count(s)} {s}" for s in ("added", "updated", "unchanged", "pruned", "skipped", "failed") if report.count(s)
+    )
+    console.print(
+        f"{summary or 'nothing to do'} — {report.chunks} chunks from {report.pages} pages in {report.seconds:.1f} s"
+    )
+
+
+@app.command()
+def sources() -> None:
+    """List the ingested documents."""
+    from storage.knowledge import KnowledgeBase
+
+    table = Table("document", "kind", "pages", "chunks", "status", "ingested")
+    for doc in KnowledgeBase(_settings()).documents():
+        status = doc["status"] if not doc["error"] else f"{doc['status']}: {doc['error']}"
+        table.add_row(doc["name"], doc["kind"] or "", str(doc["pages"] or ""), str(doc["chunks"]), status,
+                      (doc["ingested_at"] or "")[:19])
+    console.print(table)
+
+
+# --- answering ----------------------------------------------------------------------------------
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="The question.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    source: Annotated[Optional[list[str]], typer.Option(help="Only search these file names.")] = None,
+    thread: Annotated[Optional[str], typer.Option(help="Conversation id, for follow-ups.")] = None,
+) -> None:
+    """Answer one question from the documents, with numbered citations."""
+    agent = _agent()
+    stream = None if as_json else (lambda token: console.print(token, end="", markup=False, highlight=False))
+    if stream:
+        console.print("[dim]…[/]", end="\r")
+    result = agent.answer(question, thread_id=thread, sources=source, on_token=stream)
+    if as_json:
+        print(json.dumps(result.as_json(), ensure_ascii=False))
+        return
+    if stream:
+        console.print()
+        console.rule(style="dim")
+    _print_answer(result)
+
+
+def _print_answer(result) -> None:
+    console.print(result.answer, markup=False, highlight=False)
+    for c in result.citations:
+        where = c["source"] + (f", p. {c['page']}" if c["page"] else "") + (f" — {c['heading']}" if c["heading"] else "")
+        console.print(f"  [cyan][{c['n']}][/] {escape(where)}")
+    adapter = result.adapter or "base"
+    console.print(f"[dim]{result.timings_ms.get('total_ms', 0):.0f} ms · {result.model or 'no model'} · adapter {adapter}[/]")
+
+
+@app.command()
+def chat(thread: Annotated[Optional[str], typer.Option(help="Resume a conversation id.")] = None) -> None:
+    """Chat in the terminal with thread memory. After an answer, type + or - to vote, /new for a new thread."""
+    agent = _agent()
+    thread_id = thread or f"cli:{uuid.uuid4().hex[:12]}"
+    user = os.environ.get("USER", "cli")
+    last = None
+    console.print("[dim]Ask a question. '+'/'-' votes on the last answer, /new starts over, Ctrl-D quits.[/]")
+    while True:
+        try:
+            line = console.input("[bold]you›[/] ").strip()
+        except (EOFError, KeyboardInterrupt):
+            console.print()
+            return
+        if not line:
+            continue
+        if line in ("+", "-", "👍", "👎") and last is not None:
+            agent.store.set_vote(last.interaction_id, user, +1 if line in ("+", "👍") else -1, source="cli")
+            console.print("[dim]thanks — feedback recorded[/]")
+            continue
+        if line == "/new":
+            thread_id = f"cli:{uuid.uuid4().hex[:12]}"
+            console.print("[dim]new thread[/]")
+            continue
+        console.print("[bold]flywheel›[/] ", end="")
+        last = agent.answer(line, thread_id=thread_id, on_token=lambda t: console.print(t, end="", markup=False))
+        console.print()
+        console.rule(style="dim")
+        _print_answer(last)
+
+
+# --- status and settings -------------------------------------------------------------------------
+@app.command()
+def status(as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False) -> None:
+    """Documents, chunks, interactions, feedback and the serving adapter."""
+    from agent.status import collect_status
+
+    info = collect_status(_settings())
+    if as_json:
+        print(json.dumps(info, ensure_ascii=False, default=str))
+        return
+    table = Table(show_header=False)
+    for key, value in info.items():
+        table.add_row(key, json.dumps(value, default=str) if isinstance(value, (dict, list)) else str(value))
+    console.print(table)
+
+
+@app.command("config")
+def show_config() -> None:
+    """Print the effective settings, secrets masked."""
+    from storage.config import config_file_path
+
+    table = Table("setting", "value")
+    for key, value in _settings().masked().items():
+        table.add_row(key, str(value))
+    console.print(table)
+    console.print(f"[dim]config file: {config_file_path() or 'none'} · environment: FLYWHEEL_<SETTING>[/]")
+
+
+# --- evaluation and demo ------------------------------------------------------------------------
+@app.command("eval")
+def evaluate(
+    qa: Annotated[Path, typer.Option(help="JSONL: question, answer, must_include, source and/or pages.")],
+    out: Annotated[Optional[Path], typer.Option(help="Write one result per line here.")] = None,
+    docs: Annotated[Optional[Path], typer.Option(help="Ingest this corpus first.")] = None,
+    limit: Annotated[int, typer.Option(help="Only the first N questions (0 = all).")] = 0,
+    retrieval_only: Annotated[bool, typer.Option(help="Skip generation; score retrieval only.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Score retrieval (hit@1/5, MRR) and answers (accuracy, F1, ROUGE-L, groundedness, latency)."""
+    from agent.evaluate import render_summary, run_eval
+
+    agent = _agent()
+    if docs:
+        report = agent.kb.ingest([docs])
+        if not as_json:
+            _print_ingest_report(report)
+    summary = run_eval(agent, qa, out=out, limit=limit, retrieval_only=retrieval_only, progress=not as_json)
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        console.print(render_summary(summary))
+
+
+@app.command()
+def demo(
+    questions: Annotated[int, typer.Option(help="How many sample questions to ask.")] = 4,
+) -> None:
+    """Ingest the bundled sample handbook and answer sample questions with citations."""
+    from storage.samples import sample_handbook, sample_questions
+
+    agent = _agent()
+    console.rule("Ingesting the sample handbook")
+    report = agent.kb.ingest([sample_handbook()])
+    _print_ingest_report(report)
+    for item in sample_questions()[:questions] + [{"question": "What is the office wifi password?"}]:
+        console.rule(escape(item["question"]))
+        result = agent.answer(item["question"], on_token=lambda t: None)
+        _print_answer(result)
+    console.print("\nTry: [bold]flywheel ask \"…\"[/], [bold]flywheel chat[/], [bold]flywheel status[/]")
+
+
+if __name__ == "__main__":
+    sys.exit(app())

@@ -1,0 +1,296 @@
+"""The knowledge base: ingest files into SQLite + Chroma + BM25, and read chunks back.
+
+    flywheel ingest docs/ handbook.pdf [--prune] [--reindex]
+
+Ingestion is incremental (unchanged files, by sha256, are skipped; a changed file replaces its
+chunks), per-file fault tolerant (a bad file is reported with its reason, the rest go on, and
+whatever was stored before stays), and crash safe (new vectors are written under new ids before
+SQLite switches to them; stale vectors are deleted last and ignored if a crash leaves any).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from storage.chunking import chunk_document
+from storage.config import Settings
+from storage.db import Store, now
+from storage.documents import ParseError
+from storage.index import IndexedChunk, LexicalIndex, VectorIndex, embedding_text
+from storage.parsing import SUPPORTED_SUFFIXES, parse_file
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FileResult:
+    path: str
+    status: str  # added | updated | unchanged | failed | skipped | pruned
+    chunks: int = 0
+    pages: int | None = None
+    error: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class IngestReport:
+    files: list[FileResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def count(self, status: str) -> int:
+        return sum(1 for f in self.files if f.status == status)
+
+    @property
+    def failed(self) -> list[FileResult]:
+        return [f for f in self.files if f.status == "failed"]
+
+    @property
+    def chunks(self) -> int:
+        return sum(f.chunks for f in self.files if f.status in ("added", "updated"))
+
+    @property
+    def pages(self) -> int:
+        return sum(f.pages or 0 for f in self.files if f.status in ("added", "updated"))
+
+
+def document_id(path: Path) -> str:
+    return hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def expand_paths(paths: Iterable[Path]) -> list[tuple[Path, bool]]:
+    """(file, named explicitly) for every file under the given paths; hidden files are skipped."""
+    out: list[tuple[Path, bool]] = []
+    for path in paths:
+        path = Path(path).expanduser()
+        if path.is_dir():
+            for child in sorted(path.rglob("*")):
+                rel = child.relative_to(path).parts
+                if child.is_file() and not any(part.startswith(".") for part in rel):
+                    out.append((child, False))
+        else:
+            out.append((path, True))
+    return out
+
+
+class KnowledgeBase:
+    """SQLite chunks + Chroma vectors + BM25, kept in step."""
+
+    def __init__(self, settings: Settings, store: Store | None = None):
+        settings.ensure_dirs()
+        self.settings = settings
+        self.store = store or Store(settings.db_path)
+        self.lexical = LexicalIndex(settings)
+        self._vectors: VectorIndex | None = None
+
+    @property
+    def embedder(self):
+        from storage.embeddings import get_embedder
+
+        return get_embedder(self.settings.embedding_model)
+
+    @property
+    def vectors(self) -> VectorIndex:
+        if self._vectors is None:
+            self._vectors = VectorIndex(self.settings)
+        return self._vectors
+
+    # --- ingestion ----------------------------------------------------------------------------
+    def ingest(
+        self,
+        paths: Iterable[Path],
+        prune: bool = False,
+        on_file: Callable[[FileResult, int, int], None] | None = None,
+    ) -> IngestReport:
+        started = time.perf_counter()
+        report = IngestReport()
+        files = expand_paths(paths)
+        for number, (path, explicit) in enumerate(files, start=1):
+            result = self._ingest_file(path, explicit)
+            report.files.append(result)
+            if on_file:
+                on_file(result, number, len(files))
+        if prune:
+            report.files.extend(self.prune())
+        if any(f.status in ("added", "updated", "pruned") for f in report.files):
+            self.rebuild_lexical()
+            self.store.set_kv("last_ingest_at", now())
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _ingest_file(self, path: Path, explicit: bool) -> FileResult:
+        result = FileResult(path=str(path), status="failed")
+        if not path.exists():
+            result.error = "no such file"
+            return result
+        if path.suffix.lower() not in SUPPORTED_SUFFIXES and path.suffix:
+            result.error = f"unsupported file type '{path.suffix}'"
+            if not explicit:  # found while walking a folder: report, don't fail the run
+                result.status = "skipped"
+            return result
+        doc_id = document_id(path)
+        existing = self.store.query("SELECT * FROM documents WHERE id = ?", (doc_id,))
+        previous = existing[0] if existing else None
+        try:
+            sha = file_sha256(path)
+            if previous and previous["sha256"] == sha and previous["status"] == "ok":
+                return FileResult(str(path), "unchanged", previous["chunks"], previous["pages"])
+            parsed = parse_file(path, max_bytes=int(self.settings.max_file_mb * 1024 * 1024))
+            chunks = chunk_document(
+                parsed,
+                self.embedder.count_tokens,
+                max_tokens=self.settings.chunk_tokens,
+                overlap=self.settings.chunk_overlap,
+            )
+            if not chunks:
+                raise ParseError("no text to index")
+            self._replace_chunks(doc_id, path, sha, parsed, chunks)
+        except (ParseError, OSError, sqlite3.Error) as exc:
+            reason = str(exc) or type(exc).__name__
+            if isinstance(exc, sqlite3.OperationalError) and "full" in reason:
+                reason = f"disk full while storing: {reason}"
+            log.warning("ingest failed for %s: %s", path, reason)
+            self._record_failure(doc_id, path, previous, reason)
+            result.error = reason
+            return result
+        result.status = "updated" if previous else "added"
+        result.chunks, result.pages, result.warnings = len(chunks), parsed.pages, parsed.warnings
+        return result
+
+    def _replace_chunks(self, doc_id: str, path: Path, sha: str, parsed, chunks) -> None:
+        version = sha[:8]
+        rows = [
+            {
+                "id": f"{doc_id}-{version}-{chunk.ord:05d}",
+                "document_id": doc_id,
+                "ord": chunk.ord,
+                "source": path.name,
+                "page": chunk.page,
+                "heading": chunk.heading,
+                "text": chunk.text,
+                "tokens": chunk.tokens,
+            }
+            for chunk in chunks
+        ]
+        indexed = [IndexedChunk(r["id"], doc_id, r["source"], r["page"], r["heading"], r["text"]) for r in rows]
+        vectors = self.embedder.encode([embedding_text(c.source, c.heading, c.text) for c in indexed])
+        self.vectors.upsert(indexed, vectors)  # new ids: the old version stays live until SQLite switches
+        stamp = now()
+        with self.store.lock:
+            conn = self.store.db.conn
+            old_ids = [r[0] for r in conn.execute("SELECT id FROM chunks WHERE document_id = ?", (doc_id,))]
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("DELETE FROM chunks WHERE document_id = ?", (doc_id,))
+                conn.execute(
+                    """INSERT INTO documents (id, path, name, kind, sha256, size, pages, chunks, status, error,
+                                              warnings, ingested_at, updated_at)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'ok', NULL, ?, ?, ?)
+                       ON CONFLICT (id) DO UPDATE SET kind=excluded.kind, sha256=excluded.sha256,
+                         size=excluded.size, pages=excluded.pages, chunks=excluded.chunks, status='ok',
+                         error=NULL, warnings=excluded.warnings, ingested_at=excluded.ingested_at,
+                         updated_at=excluded.updated_at""",
+                    (doc_id, str(path.resolve()), path.name, parsed.kind, sha, path.stat().st_size,
+                     parsed.pages, len(rows), _json_list(parsed.warnings), stamp, stamp),
+                )
+                conn.executemany(
+                    "INSERT INTO chunks (id, document_id, ord, source, page, heading, text, tokens) "
+                    "VALUES (:id, :document_id, :ord, :source, :page, :heading, :text, :tokens)",
+                    rows,
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                self._delete_vectors([c.id for c in indexed])
+                raise
+        self._delete_vectors([i for i in old_ids if i not in {r["id"] for r in rows}])
+
+    def _record_failure(self, doc_id: str, path: Path, previous: dict | None, reason: str) -> None:
+        """Remember the failure; a previously good version keeps serving (status 'stale')."""
+        try:
+            if previous and previous["chunks"]:
+                self.store.db["documents"].update(doc_id, {"status": "stale", "error": reason, "updated_at": now()})
+            else:
+                self.store.db["documents"].upsert(
+                    {"id": doc_id, "path": str(path.resolve()), "name": path.name, "status": "failed",
+                     "error": reason, "chunks": 0, "updated_at": now()},
+                    pk="id",
+                )
+        except sqlite3.Error:
+            log.exception("could not record the failure of %s", path)
+
+    def _delete_vectors(self, ids: list[str]) -> None:
+        if not ids:
+            return
+        try:
+            self.vectors.collection.delete(ids=ids)
+        except Exception:  # orphans are harmless: retrieval only returns ids that SQLite knows
+            log.warning("could not delete %d stale vectors", len(ids), exc_info=True)
+
+    def prune(self) -> list[FileResult]:
+        """Drop documents whose files no longer exist."""
+        results = []
+        for doc in self.store.query("SELECT id, path, chunks FROM documents"):
+            if Path(doc["path"]).exists():
+                continue
+            ids = [r["id"] for r in self.store.query("SELECT id FROM chunks WHERE document_id = ?", (doc["id"],))]
+            with self.store.lock:
+                self.store.db.execute("DELETE FROM chunks WHERE document_id = ?", (doc["id"],))
+                self.store.db.execute("DELETE FROM documents WHERE id = ?", (doc["id"],))
+            self._delete_vectors(ids)
+            results.append(FileResult(doc["path"], "pruned", doc["chunks"] or 0))
+        return results
+
+    def rebuild_lexical(self) -> None:
+        rows = self.store.query("SELECT id, source, heading, text FROM chunks ORDER BY document_id, ord")
+        self.lexical.rebuild([(r["id"], r["source"], embedding_text(r["source"], r["heading"], r["text"])) for r in rows])
+
+    def reindex(self) -> int:
+        """Rebuild both indexes from SQLite (after changing the embedding model, or a lost Chroma folder)."""
+        self.vectors.client.delete_collection(self.settings.collection)
+        self._vectors = None
+        rows = self.store.query("SELECT * FROM chunks ORDER BY document_id, ord")
+        indexed = [IndexedChunk(r["id"], r["document_id"], r["source"], r["page"], r["heading"], r["text"]) for r in rows]
+        if indexed:
+            vectors = self.embedder.encode([embedding_text(c.source, c.heading, c.text) for c in indexed])
+            self.vectors.upsert(indexed, vectors)
+        self.rebuild_lexical()
+        return len(indexed)
+
+    # --- reading ------------------------------------------------------------------------------
+    def chunks_by_id(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        rows = self.store.query(f"SELECT * FROM chunks WHERE id IN ({marks})", tuple(ids))
+        return {r["id"]: r for r in rows}
+
+    def documents(self) -> list[dict[str, Any]]:
+        return self.store.query("SELECT * FROM documents ORDER BY name")
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "documents": self.store.scalar("SELECT COUNT(*) FROM documents WHERE status IN ('ok', 'stale')") or 0,
+            "chunks": self.store.scalar("SELECT COUNT(*) FROM chunks") or 0,
+            "failed": self.store.scalar("SELECT COUNT(*) FROM documents WHERE status = 'failed'") or 0,
+        }
+
+
+def _json_list(values: list[str]) -> str | None:
+    import json
+
+    return json.dumps(values) if values else None
