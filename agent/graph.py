@@ -47,7 +47,11 @@ SMALLTALK = {
         "Ask me in a thread to follow up; react 👍/👎 to teach me.",
     ),
 }
-FOLLOW_UP = re.compile(r"\b(it|its|that|this|those|these|they|them|there|he|she|same|also|what about|and if|how about)\b", re.I)
+FOLLOW_UP = re.compile(
+    r"^\s*(and|but|or|so|also|then|what about|how about)\b"
+    r"|\b(it|its|that|this|those|these|they|them|there|he|she|same|the former|the latter)\b",
+    re.I,
+)
 
 
 class AnswerState(TypedDict, total=False):
@@ -202,7 +206,7 @@ class Agent:
         if not refused and attribution.supported:
             answer, cited = attribution.answer, attribution.cited
         else:
-            quote = extractive_answer(state["query"], passages)
+            quote = extractive_answer(state["query"], passages, self.settings.min_quote_coverage)
             if quote is None:
                 return {**self._not_found(state), "timings": _timed(state, "check_ms", started)}
             answer, cited = quote

@@ -35,9 +35,21 @@ def sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
 
 
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+
+
+def numbers(text: str) -> set[str]:
+    """Numbers as written, without thousands separators: '$2,000' -> '2000', '15th' -> '15'."""
+    return {n.replace(",", "") for n in _NUMBER.findall(text)}
+
+
 def support(sentence: str, passage_text: str) -> float:
-    """Share of the sentence's content words that appear in the passage."""
-    words = content_tokens(_MARKER.sub("", sentence))
+    """Share of the sentence's content words that appear in the passage; 0 when the sentence states a
+    number the passage doesn't have (small models invent figures while echoing the passage's words)."""
+    bare = _MARKER.sub("", sentence)
+    if not numbers(bare) <= numbers(passage_text):
+        return 0.0
+    words = content_tokens(bare)
     if not words:
         return 1.0
     return len(words & content_tokens(passage_text)) / len(words)
@@ -87,9 +99,11 @@ def _with_markers(sentence: str, markers: list[int]) -> str:
     return f"{sentence[:-1]} {tags}{sentence[-1]}" if match else f"{sentence} {tags}"
 
 
-def extractive_answer(query: str, passages: Sequence[Passage], max_sentences: int = 2) -> tuple[str, list[int]] | None:
-    """The passage sentences that best match the question, quoted with their citation; None when no
-    sentence of the top passages shares a content word with the question."""
+def extractive_answer(
+    query: str, passages: Sequence[Passage], min_coverage: float = 0.4, max_sentences: int = 2
+) -> tuple[str, list[int]] | None:
+    """The passage sentence that best matches the question (plus the next one), quoted with its citation;
+    None when no sentence of the top passages holds `min_coverage` of the question's content words."""
     wanted = content_tokens(query)
     if not wanted:
         return None
@@ -99,7 +113,7 @@ def extractive_answer(query: str, passages: Sequence[Passage], max_sentences: in
         for si, sentence in enumerate(parts):
             overlap = len(wanted & content_tokens(sentence)) / len(wanted)
             score = overlap - 0.05 * pi  # prefer the better-ranked passage on ties
-            if overlap > 0 and (best is None or score > best[0]):
+            if overlap >= min_coverage and overlap > 0 and (best is None or score > best[0]):
                 best = (score, pi, si)
     if best is None:
         return None

@@ -53,9 +53,14 @@ class Settings(BaseSettings):
     candidates: int = Field(40, description="Candidates per retriever before fusion.")
     rrf_k: int = Field(60, description="Reciprocal-rank-fusion constant.")
     reranker_model: str = Field("", description="Cross-encoder id or path; empty = no reranking.")
-    context_chunks: int = Field(4, description="Chunks placed in the prompt.")
-    context_tokens: int = Field(900, description="Token budget of the context in the prompt.")
-    min_relevance: float = Field(0.25, description="Below this best dense similarity, the docs don't answer.")
+    context_chunks: int = Field(3, description="Chunks placed in the prompt.")
+    context_tokens: int = Field(
+        480, description="Token budget of the context; prefill dominates time to first token on CPU."
+    )
+    min_relevance: float = Field(0.35, description="Below this best dense similarity, the docs don't answer.")
+    min_quote_coverage: float = Field(
+        0.4, description="A quoted fallback must contain this share of the question's content words."
+    )
 
     # --- generation ---------------------------------------------------------------------------
     backend: Literal["transformers", "anthropic", "openai"] = "transformers"

@@ -181,7 +181,8 @@ def migrate(db: sqlite_utils.Database) -> int:
             conn.execute(f"PRAGMA user_version={version}")
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
     return schema_version(db)
 

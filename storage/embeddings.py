@@ -38,6 +38,8 @@ class Embedder:
     def __init__(self, name_or_path: str = ""):
         from sentence_transformers import SentenceTransformer  # heavy import, only when needed
 
+        quiet_libraries()
+
         self.name = resolve_embedding_model(name_or_path)
         local = Path(self.name).exists()
         self.model = SentenceTransformer(self.name, device="cpu", local_files_only=local or _offline())
@@ -63,6 +65,15 @@ class Embedder:
     def count_tokens(self, text: str) -> int:
         with self._lock:
             return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def quiet_libraries() -> None:
+    """Weight-loading progress bars and over-length tokenizer warnings (we count tokens of long
+    blocks on purpose) are noise in a CLI and in the bot's logs."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
 
 
 def _offline() -> bool:

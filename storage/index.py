@@ -116,8 +116,7 @@ class LexicalIndex:
     # --- building -----------------------------------------------------------------------------
     def rebuild(self, rows: list[tuple[str, str, str]]) -> None:
         """rows: (chunk id, source file name, text to index). Written atomically."""
-        import bm25s
-
+        bm25s = _bm25s()
         tmp = self.dir.with_name(self.dir.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -138,8 +137,7 @@ class LexicalIndex:
 
     # --- querying -----------------------------------------------------------------------------
     def _load(self) -> None:
-        import bm25s
-
+        bm25s = _bm25s()
         stamp_file = self.dir / "ids.json"
         stamp = stamp_file.stat().st_mtime if stamp_file.exists() else None
         if stamp == self._loaded_stamp:
@@ -176,10 +174,18 @@ class LexicalIndex:
 _STEMMER = None
 
 
+def _bm25s():
+    import bm25s
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)  # bm25s sets DEBUG on its logger at import
+    return bm25s
+
+
 def tokenize(texts: list[str], return_ids: bool = True):
     """bm25s tokenization with English stopwords and the Snowball stemmer (PyStemmer)."""
-    import bm25s
     import Stemmer
+
+    bm25s = _bm25s()
 
     global _STEMMER
     if _STEMMER is None:

@@ -214,7 +214,8 @@ class KnowledgeBase:
                 )
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # SQLITE_FULL and friends roll back by themselves
+                    conn.execute("ROLLBACK")
                 self._delete_vectors([c.id for c in indexed])
                 raise
         self._delete_vectors([i for i in old_ids if i not in {r["id"] for r in rows}])

@@ -127,6 +127,12 @@ def test_invented_answer_is_not_supported():
     assert not result.supported
 
 
+def test_invented_number_is_not_supported():
+    result = attribute_citations("Canary deploys send 50% of traffic to the new version for 30 minutes.", PASSAGES)
+    assert not result.supported
+    assert attribute_citations("Above $500 expenses need manager approval in Ledgerly.", PASSAGES).supported
+
+
 def test_extractive_answer_quotes_best_sentence():
     answer, cited = extractive_answer("what share of traffic goes to a canary?", PASSAGES)
     assert "5%" in answer and cited == [1]

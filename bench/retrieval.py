@@ -1,0 +1,99 @@
+"""Retrieval latency at scale: p50/p95 of a full hybrid search (query embedding + Chroma + BM25 + RRF +
+SQLite fetch) over N synthetic chunks.
+
+    python bench/retrieval.py --chunks 10000 100000
+
+The chunks are synthetic prose from a fixed vocabulary and their vectors are random unit vectors (real
+MiniLM embeddings of 100k chunks would take ~10 minutes here and don't change the index's speed); the
+query goes through the real embedder. Quality is measured by `flywheel eval`, not here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+WORDS = (
+    "deploy rollback canary cluster replica index query journal page cache latency budget expense invoice "
+    "policy travel hotel flight oncall incident severity pager escalation handbook onboarding laptop "
+    "account password token secret vacuum checkpoint transaction lock schema column table trigger view "
+    "backup restore snapshot region zone network firewall proxy certificate renewal audit review "
+    "approval manager budget quarter roadmap sprint release version feature flag metric alert dashboard"
+).split()
+
+
+def synthetic_text(rng: random.Random, words: int = 120) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(words)).capitalize() + "."
+
+
+def build(home: Path, n: int, seed: int = 0):
+    from storage.config import Settings
+    from storage.index import IndexedChunk, embedding_text
+    from storage.knowledge import KnowledgeBase
+
+    settings = Settings(home=home)
+    kb = KnowledgeBase(settings)
+    rng = random.Random(seed)
+    docs = max(1, n // 100)
+    rows = []
+    for i in range(n):
+        doc = f"doc{i % docs:05d}"
+        rows.append({"id": f"{doc}-{i:07d}", "document_id": doc, "ord": i, "source": f"{doc}.md",
+                     "page": None, "heading": f"Section {i % 17}", "text": synthetic_text(rng), "tokens": 150})
+    with kb.store.lock:
+        kb.store.db["documents"].insert_all(
+            [{"id": f"doc{d:05d}", "path": f"/bench/doc{d:05d}.md", "name": f"doc{d:05d}.md", "status": "ok",
+              "chunks": 100, "updated_at": "now"} for d in range(docs)], pk="id")
+        kb.store.db["chunks"].insert_all(rows, batch_size=5000)
+    vectors = np.random.default_rng(seed).standard_normal((n, kb.embedder.dimension)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    kb.vectors.upsert([IndexedChunk(r["id"], r["document_id"], r["source"], None, r["heading"], r["text"])
+                       for r in rows], vectors, batch=5000)
+    kb.lexical.rebuild([(r["id"], r["source"], embedding_text(r["source"], r["heading"], r["text"])) for r in rows])
+    return kb
+
+
+def measure(kb, queries: int = 200, seed: int = 1) -> dict[str, float]:
+    from agent.retrieval import Retriever
+
+    retriever = Retriever(kb)
+    rng = random.Random(seed)
+    texts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12))) + "?" for _ in range(queries)]
+    for text in texts[:10]:  # warm-up: model, HNSW and BM25 loaded
+        retriever.search(text)
+    latencies = []
+    for text in texts:
+        started = time.perf_counter()
+        retriever.search(text)
+        latencies.append((time.perf_counter() - started) * 1000)
+    latencies.sort()
+    return {
+        "p50_ms": round(statistics.median(latencies), 1),
+        "p95_ms": round(latencies[int(0.95 * (len(latencies) - 1))], 1),
+        "mean_ms": round(statistics.fmean(latencies), 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--chunks", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--queries", type=int, default=200)
+    args = parser.parse_args()
+    for n in args.chunks:
+        with tempfile.TemporaryDirectory() as tmp:
+            started = time.perf_counter()
+            kb = build(Path(tmp), n)
+            build_s = time.perf_counter() - started
+            result = {"chunks": n, "build_s": round(build_s, 1), **measure(kb, args.queries)}
+            print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""Integration: ingest the sample handbook → ask → cited answer, through the real embedder, Chroma,
+BM25, LangGraph graph and a tiny random transformers model (the real default model in one test)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from agent.graph import Agent
+from agent.prompts import NOT_FOUND
+from storage.samples import sample_handbook, sample_questions, unanswerable_questions
+
+
+@pytest.fixture(scope="module")
+def handbook_home(tmp_path_factory):
+    """One ingested copy of the handbook, copied per test (ingesting costs a few seconds)."""
+    from storage.config import Settings
+    from storage.knowledge import KnowledgeBase
+
+    home = tmp_path_factory.mktemp("handbook-home")
+    kb = KnowledgeBase(Settings(home=home))
+    report = kb.ingest([sample_handbook()])
+    assert not report.failed, report.failed
+    kb.store.close()
+    return home
+
+
+@pytest.fixture
+def agent(handbook_home, settings):
+    shutil.copytree(handbook_home, settings.home, dirs_exist_ok=True)
+    return Agent(settings)
+
+
+def test_retrieval_finds_the_right_document_for_sample_questions(agent):
+    hits = 0
+    questions = sample_questions()
+    for item in questions:
+        result = agent.retriever.search(item["question"], k=5)
+        sources = [h.source for h in result.hits]
+        hits += item["source"] in sources
+        for hit in result.hits:  # provenance on every hit
+            assert hit.chunk_id and hit.source and hit.score > 0
+    assert hits / len(questions) >= 0.9
+
+
+def test_pdf_answers_cite_the_right_page(agent):
+    pdf_items = [q for q in sample_questions() if q.get("pages")]
+    assert pdf_items
+    for item in pdf_items:
+        result = agent.retriever.search(item["question"], k=5)
+        assert any(h.source == item["source"] and h.page in item["pages"] for h in result.hits), item["question"]
+
+
+def test_ask_gives_a_cited_answer_and_records_it(agent):
+    item = sample_questions()[0]
+    tokens: list[str] = []
+    answer = agent.answer(item["question"], on_token=tokens.append)
+    assert answer.route == "question"
+    assert tokens, "tokens were streamed"
+    assert answer.grounded and answer.citations
+    assert answer.citations[0]["source"] == item["source"]
+    assert "[1]" in answer.answer or "[2]" in answer.answer
+    row = agent.store.interaction(answer.interaction_id)
+    assert row["question"] == item["question"] and row["citations"]
+    assert {"retrieve_ms", "generate_ms", "first_token_ms", "total_ms"} <= set(row["timings"])
+    assert row["model"] and row["prompt"]
+
+
+def test_unanswerable_question_says_so_with_closest_sources(agent):
+    for item in unanswerable_questions():
+        answer = agent.answer(item["question"])
+        assert not answer.grounded, (item["question"], answer.answer)
+        assert answer.answer.startswith(NOT_FOUND)
+        assert not answer.citations
+
+
+def test_smalltalk_skips_retrieval(agent):
+    answer = agent.answer("thanks!")
+    assert answer.route == "thanks" and answer.retrieved == [] and answer.model is None
+
+
+def test_follow_up_uses_thread_memory(agent):
+    thread = "test:thread-1"
+    first = agent.answer("How long is the on-call rotation?", thread_id=thread)
+    follow = agent.answer("and who do I escalate to?", thread_id=thread)
+    assert "rotation" in follow.query.lower()  # condensed with the previous question
+    other = agent.answer("and who do I escalate to?", thread_id="test:other")
+    assert other.query == "and who do I escalate to?"
+    assert first.interaction_id != follow.interaction_id
+
+
+def test_source_filter(agent):
+    result = agent.retriever.search("approval threshold", k=5, sources=["expenses.md"])
+    assert result.hits and {h.source for h in result.hits} == {"expenses.md"}
+
+
+def test_cli_ask_json_contract(agent, settings, monkeypatch):
+    from bot.cli import app
+    from storage.config import get_settings
+
+    monkeypatch.setenv("FLYWHEEL_HOME", str(settings.home))
+    monkeypatch.setenv("FLYWHEEL_MODEL", settings.model)
+    monkeypatch.setenv("FLYWHEEL_MAX_NEW_TOKENS", "8")
+    get_settings.cache_clear()
+    try:
+        runner = CliRunner()
+        result = runner.invoke(app, ["ask", sample_questions()[1]["question"], "--json"])
+        assert result.exit_code == 0, result.output
+        data = json.loads(result.stdout)
+        assert set(data) >= {"answer", "citations", "grounded", "timings_ms", "model", "adapter"}
+        for citation in data["citations"]:
+            assert set(citation) >= {"source", "page", "heading", "chunk_id", "score"}
+        status = runner.invoke(app, ["status", "--json"])
+        info = json.loads(status.stdout)
+        assert info["documents"] == 6 and info["chunks"] > 10 and info["interactions"] >= 1
+        assert info["feedback"] == {"up": 0, "down": 0} and info["adapter"] is None
+    finally:
+        get_settings.cache_clear()
+
+
+@pytest.mark.slow
+def test_real_default_model_answers_from_the_pdf(handbook_home, tmp_path):
+    """The bundled SmolLM2-135M answers a question from the PDF with a page citation."""
+    from storage.config import Settings
+
+    home = tmp_path / "home"
+    shutil.copytree(handbook_home, home)
+    agent = Agent(Settings(home=home, max_new_tokens=60))
+    item = next(q for q in sample_questions() if q.get("pages"))
+    answer = agent.answer(item["question"])
+    assert answer.grounded and answer.citations, answer.answer
+    assert any(c["source"] == item["source"] and c["page"] in item["pages"] for c in answer.citations)
+    assert "<|im_end|>" not in answer.answer
