@@ -65,6 +65,7 @@ class AnswerState(TypedDict, total=False):
     context: list[dict[str, Any]]
     prompt: list[dict[str, str]]
     draft: str
+    adapter: str | None
     answer: str
     grounded: bool
     citations: list[dict[str, Any]]
@@ -186,14 +187,17 @@ class Agent:
             self.generator.refresh_adapter()  # pick up a newly promoted adapter between answers
         pieces: list[str] = []
         first_token_ms = None
+        adapter = None
         for piece in self.generator.stream(messages, max_new_tokens=self.settings.max_new_tokens):
             if first_token_ms is None:
                 first_token_ms = round((time.perf_counter() - started) * 1000, 1)
+                # Read while the decode holds the model: a hot swap can't change it under this answer.
+                adapter = getattr(self.generator, "adapter", None)
             pieces.append(piece)
             write({"token": piece})
         timings = _timed(state, "generate_ms", started)
         timings["first_token_ms"] = first_token_ms or timings["generate_ms"]
-        return {"draft": "".join(pieces).strip(), "prompt": messages, "timings": timings}
+        return {"draft": "".join(pieces).strip(), "prompt": messages, "adapter": adapter, "timings": timings}
 
     def check(self, state: AnswerState) -> dict:
         """Keep the model's answer only if the context supports it; otherwise quote the passage that
@@ -267,7 +271,7 @@ class Agent:
         thread_id = thread_id or f"once:{uuid.uuid4().hex}"
         turn = {
             "question": question, "sources": sources, "route": "", "query": question, "hits": [], "context": [],
-            "prompt": [], "draft": "", "answer": "", "grounded": False, "citations": [], "timings": {},
+            "prompt": [], "draft": "", "adapter": None, "answer": "", "grounded": False, "citations": [], "timings": {},
             "best_dense": 0.0,
         }
         state: dict[str, Any] = {}
@@ -280,7 +284,7 @@ class Agent:
         timings = {**state.get("timings", {}), "total_ms": round((time.perf_counter() - started) * 1000, 1)}
         used_model = state["route"] == "question" and bool(state.get("prompt"))
         model = self.generator.name if used_model else None
-        adapter = getattr(self.generator, "adapter", None) if used_model else None
+        adapter = state.get("adapter") if used_model else None
         retrieved = [
             {"source": h["source"], "page": h["page"], "heading": h["heading"], "chunk_id": h["chunk_id"],
              "score": round(h["score"], 5), "dense": h["dense"], "lexical": h["lexical"]}

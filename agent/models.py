@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from storage.hub import hf_offline, quiet_libraries
+
 if TYPE_CHECKING:
     import torch
 
@@ -103,6 +105,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    quiet_libraries()
     folder, name = gguf_path.parent, gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
@@ -140,18 +143,15 @@ def resolve_model(settings: Settings) -> str:
     return str(default_model_dir(settings))
 
 
-def _offline() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
 def load_causal_lm(name_or_path: str | Path, dtype: torch.dtype | None = None) -> tuple[Any, Any]:
     """Load (model, tokenizer) for inference; `dtype` defaults to float32 (the safe choice on CPU)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    quiet_libraries()
     source = str(name_or_path)
     # A local folder never needs the hub; skip the network round-trips (and their timeouts).
-    local_only = Path(source).expanduser().exists() or _offline()
+    local_only = Path(source).expanduser().exists() or hf_offline()
     tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype or torch.float32, local_files_only=local_only)
     if tokenizer.pad_token is None:

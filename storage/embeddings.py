@@ -7,7 +7,6 @@ so nothing is ever fetched from a hub. Any sentence-transformers id or local pat
 from __future__ import annotations
 
 import importlib.util
-import os
 import threading
 from functools import lru_cache
 from pathlib import Path
@@ -16,6 +15,8 @@ from typing import Any
 import numpy as np
 from chromadb.api.types import Documents, EmbeddingFunction, Embeddings
 from chromadb.utils.embedding_functions import register_embedding_function
+
+from storage.hub import hf_offline, quiet_libraries
 
 
 def bundled_embedding_model() -> Path:
@@ -42,7 +43,7 @@ class Embedder:
 
         self.name = resolve_embedding_model(name_or_path)
         local = Path(self.name).exists()
-        self.model = SentenceTransformer(self.name, device="cpu", local_files_only=local or _offline())
+        self.model = SentenceTransformer(self.name, device="cpu", local_files_only=local or hf_offline())
         self.tokenizer = self.model.tokenizer
         self.max_tokens = int(self.model.max_seq_length or 256)
         self.dimension = int(self.model.get_embedding_dimension())
@@ -65,19 +66,6 @@ class Embedder:
     def count_tokens(self, text: str) -> int:
         with self._lock:
             return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def quiet_libraries() -> None:
-    """Weight-loading progress bars and over-length tokenizer warnings (we count tokens of long
-    blocks on purpose) are noise in a CLI and in the bot's logs."""
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
 
 
 @lru_cache(maxsize=4)
