@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from statistics import mean
 from typing import Any
@@ -64,7 +65,10 @@ def run_eval(agent, qa_path: Path, out: Path | None = None, limit: int = 0, retr
     items = load_qa(qa_path, limit)
     rows: list[dict[str, Any]] = []
     k = max(agent.settings.top_k, 5)
-    with Progress(transient=True, disable=not progress) as bar:
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    # Each result is written as soon as it exists: a long run that dies keeps what it measured.
+    with Progress(transient=True, disable=not progress) as bar, (out.open("w") if out else nullcontext()) as sink:
         task = bar.add_task("Evaluating", total=len(items))
         for item in items:
             started = time.perf_counter()
@@ -80,13 +84,11 @@ def run_eval(agent, qa_path: Path, out: Path | None = None, limit: int = 0, retr
             row = {"id": item["id"], "question": item["question"], **result}
             row["scores"] = score_item(item, result)
             rows.append(row)
-            bar.advance(task)
-    if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with out.open("w") as handle:
-            for row in rows:
+            if sink:
                 public = {**row, "citations": [{k: v for k, v in c.items() if k != "text"} for c in row["citations"]]}
-                handle.write(json.dumps(public, ensure_ascii=False) + "\n")
+                sink.write(json.dumps(public, ensure_ascii=False) + "\n")
+                sink.flush()
+            bar.advance(task)
     return summarize(rows)
 
 

@@ -17,6 +17,7 @@ import importlib.util
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -87,6 +88,7 @@ def default_model_dir(settings: Settings) -> Path:
         if _is_converted(target):  # another process finished while we waited for the lock
             return target
         started = time.perf_counter()
+        print(f"First run: converting the bundled {GGUF_FILE} into {target} (once, about 30 s)…", file=sys.stderr)
         tmp = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_MODEL_NAME}-", dir=settings.models_dir))
         try:
             convert_gguf(bundled_gguf(), tmp)

@@ -134,3 +134,22 @@ def test_real_default_model_answers_from_the_pdf(handbook_home, tmp_path):
     assert answer.grounded and answer.citations, answer.answer
     assert any(c["source"] == item["source"] and c["page"] in item["pages"] for c in answer.citations)
     assert "<|im_end|>" not in answer.answer
+
+
+def test_eval_writes_results_and_scores(agent, tmp_path):
+    from agent.evaluate import run_eval
+    from storage.samples import HERE
+
+    out = tmp_path / "results.jsonl"
+    summary = run_eval(agent, HERE / "questions.jsonl", out=out, limit=3, progress=False)
+    assert summary["n"] == 3
+    assert {"hit@1", "hit@5", "mrr", "accuracy", "f1", "rouge_l", "groundedness", "latency_p50_ms",
+            "latency_p95_ms"} <= set(summary)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 3
+    for row in rows:
+        assert {"id", "question", "answer", "citations", "retrieved", "latency_ms"} <= set(row)
+        assert len(row["retrieved"]) >= 5
+        assert all({"source", "page", "score"} <= set(r) for r in row["retrieved"])
+    retrieval = run_eval(agent, HERE / "questions.jsonl", retrieval_only=True, progress=False)
+    assert retrieval["hit@5"] >= 0.9 and "accuracy" not in retrieval
