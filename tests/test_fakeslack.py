@@ -1,0 +1,190 @@
+"""The fake Slack works with the real slack_sdk WebClient and the real Bolt Socket Mode stack."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+from slack_bolt import App
+from slack_bolt.adapter.socket_mode import SocketModeHandler
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
+
+from tests.fakeslack import FakeSlack
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(autouse=True)
+def _no_slack_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # SLACK_CLIENT_ID/SECRET would silently switch Bolt into OAuth mode.
+    for name in list(os.environ):
+        if name.startswith("SLACK_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeSlack]:
+    with FakeSlack() as running:
+        yield running
+
+
+@pytest.fixture
+def client(fake: FakeSlack) -> WebClient:
+    return WebClient(token="xoxb-test", base_url=fake.api_url)
+
+
+@pytest.fixture
+def bolt(fake: FakeSlack, client: WebClient) -> Iterator[SocketModeHandler]:
+    app = App(client=client)
+
+    @app.event("app_mention")
+    def on_mention(event: dict, say) -> None:  # type: ignore[no-untyped-def]
+        say(text=f"echo: {event['text']}", thread_ts=event.get("thread_ts") or event["ts"])
+
+    @app.command("/fly")
+    def on_command(ack, respond, command: dict) -> None:  # type: ignore[no-untyped-def]
+        ack()
+        respond(text=f"got {command['text']}")
+
+    @app.action("vote")
+    def on_vote(ack, body: dict, client: WebClient) -> None:  # type: ignore[no-untyped-def]
+        ack()
+        client.chat_update(channel=body["channel"]["id"], ts=body["message"]["ts"], text="thanks")
+
+    @app.event("message")
+    def on_dm(event: dict, say) -> None:  # type: ignore[no-untyped-def]
+        say(text=f"dm: {event['text']}", thread_ts=event.get("thread_ts") or event["ts"])
+
+    @app.event("reaction_added")
+    def on_reaction(event: dict, client: WebClient) -> None:
+        text = f"saw {event['reaction']} on {event['item_user']}"
+        client.chat_postMessage(channel=event["item"]["channel"], text=text)
+
+    @app.view("survey")
+    def on_submit(ack, view: dict) -> None:  # type: ignore[no-untyped-def]
+        ack(response_action="errors", errors={"b": view["private_metadata"]})
+
+    @app.event("app_home_opened")
+    def on_home(event: dict, client: WebClient) -> None:
+        client.views_publish(user_id=event["user"], view={"type": "home", "blocks": []})
+
+    # The builtin client finds closed and dropped connections only on its monitor tick
+    # (every ping_interval; a drop takes 5 failed pings): keep it short so reconnects are fast.
+    handler = SocketModeHandler(app, "xapp-test", ping_interval=0.5)
+    handler.connect()
+    fake.wait_for(lambda: fake.connected, timeout=5)
+    yield handler
+    handler.close()
+
+
+def test_web_client_thread_roundtrip(fake: FakeSlack, client: WebClient) -> None:
+    assert client.auth_test()["user_id"] == "UBOT"
+    parent = client.chat_postMessage(channel="C1", text="root")
+    reply = client.chat_postMessage(channel="C1", text="draft", thread_ts=parent["ts"],
+                                    blocks=[{"type": "section", "text": {"type": "mrkdwn", "text": "draft"}}])
+    assert float(reply["ts"]) > float(parent["ts"])
+    assert reply["message"]["bot_id"] == "BBOT" and reply["message"]["user"] == "UBOT"
+    client.chat_update(channel="C1", ts=reply["ts"], text="final")
+    client.reactions_add(channel="C1", timestamp=parent["ts"], name="eyes")  # form-encoded
+
+    replies = client.conversations_replies(channel="C1", ts=parent["ts"])["messages"]  # a GET
+    assert [m["text"] for m in replies] == ["root", "final"]
+    assert replies[0]["reactions"][0]["name"] == "eyes"
+    stored = fake.messages("C1", thread_ts=parent["ts"], include_parent=False)
+    assert stored[0]["updates"] == [{"text": "draft", "blocks": reply["message"]["blocks"]}]
+    assert stored[0]["blocks"] == reply["message"]["blocks"]  # omitted blocks are kept, like Slack
+    assert fake.calls("chat.update")[0]["token"] == "xoxb-test"
+
+    with pytest.raises(SlackApiError, match="msg_too_long"):
+        client.chat_postMessage(channel="C1", text="x" * 40_001)
+    with pytest.raises(SlackApiError, match="invalid_blocks"):
+        client.chat_postMessage(channel="C1", text="x", blocks=[{"type": "divider"}] * 51)
+    with pytest.raises(SlackApiError, match="not_allowed_token_type"):
+        client.chat_startStream(channel="C1", thread_ts=parent["ts"])
+    with pytest.raises(SlackApiError, match="invalid_auth"):
+        WebClient(token="bogus", base_url=fake.api_url).auth_test()
+
+
+def test_rate_limit_is_retried(fake: FakeSlack, client: WebClient) -> None:
+    client.retry_handlers.append(RateLimitErrorRetryHandler(max_retry_count=2))
+    fake.fail_next("chat.postMessage", status=429, retry_after=1)
+    assert client.chat_postMessage(channel="C1", text="hi")["ok"]
+    assert [c["status"] for c in fake.calls("chat.postMessage")] == [429, 200]
+    assert len(fake.messages("C1")) == 1
+
+
+def test_mention_is_answered_in_thread_across_reconnects(fake: FakeSlack, bolt: SocketModeHandler) -> None:
+    first = fake.mention("U1", "C1", "<@UBOT> hello")
+    ts = first["payload"]["event"]["ts"]
+    reply = fake.wait_for(lambda: fake.messages("C1", thread_ts=ts, include_parent=False))
+    assert reply[0]["text"] == "echo: <@UBOT> hello" and reply[0]["bot_id"] == "BBOT"
+
+    for number, how in enumerate(["close", "message", "drop"], start=2):
+        fake.disconnect(how)
+        again = fake.mention("U1", "C1", f"after {how}")  # queued until the client is back
+        ts = again["payload"]["event"]["ts"]
+        fake.wait_for(lambda: fake.messages("C1", thread_ts=ts, include_parent=False))
+        assert fake.connections == number
+    assert len(fake.calls("apps.connections.open")) == 4
+
+    sent = {e["envelope_id"] for e in fake.envelopes()}
+    fake.wait_for(lambda: sent <= {a["envelope_id"] for a in fake.acks()})
+
+
+def test_command_click_and_redelivery(fake: FakeSlack, client: WebClient, bolt: SocketModeHandler) -> None:
+    fake.command("U1", "/fly", "now")
+    assert fake.wait_for(fake.responses)[0]["text"] == "got now"
+    assert fake.ephemerals()[0]["text"] == "got now"  # respond() defaults to ephemeral
+
+    posted = client.chat_postMessage(channel="C1", text="rate me", blocks=[{
+        "type": "actions", "block_id": "feedback",
+        "elements": [{"type": "button", "action_id": "vote", "value": "up",
+                      "text": {"type": "plain_text", "text": "Up"}}]}])
+    envelope = fake.click("U1", "C1", posted["ts"], "vote", "up")
+    assert envelope["payload"]["actions"][0]["text"]["text"] == "Up"
+    fake.wait_for(lambda: fake.messages("C1")[0]["text"] == "thanks")
+
+    mention = fake.mention("U1", "C1", "once")
+    ts = mention["payload"]["event"]["ts"]
+    fake.wait_for(lambda: fake.messages("C1", thread_ts=ts, include_parent=False))
+    retry = fake.deliver(mention, retry_attempt=1, retry_reason="timeout")
+    assert retry["payload"]["event_id"] == mention["payload"]["event_id"]
+    assert retry["envelope_id"] != mention["envelope_id"] and retry["retry_attempt"] == 1
+    fake.wait_for(lambda: retry["envelope_id"] in {a["envelope_id"] for a in fake.acks()})
+
+
+def test_dm_reaction_view_and_home(fake: FakeSlack, client: WebClient, bolt: SocketModeHandler) -> None:
+    fake.echo_events = True  # the bot's DM replies come back as events, as on Slack: Bolt must ignore them
+    ts = fake.dm("U1", "hi")["payload"]["event"]["ts"]
+    reply = fake.wait_for(lambda: fake.messages("D0001", thread_ts=ts, include_parent=False))[0]
+    assert reply["text"] == "dm: hi"
+    sent = fake.wait_for(lambda: len(fake.envelopes()) == 2 and fake.envelopes())  # the dm and the echo
+    fake.wait_for(lambda: {e["envelope_id"] for e in sent} <= {a["envelope_id"] for a in fake.acks()})
+    assert len(fake.messages("D0001", include_bots=True)) == 2  # no answer to its own echo
+
+    fake.react("U1", "D0001", reply["ts"], "thumbsup")
+    fake.wait_for(lambda: any(m["text"] == "saw thumbsup on UBOT" for m in fake.messages("D0001")))
+
+    opened = client.views_open(trigger_id="1.2.3", view={
+        "type": "modal", "callback_id": "survey", "private_metadata": "meta",
+        "title": {"type": "plain_text", "text": "Survey"}, "blocks": []})["view"]
+    envelope = fake.submit_view("U1", opened, {"b": {"a": "typed"}})
+    assert envelope["payload"]["view"]["state"]["values"]["b"]["a"]["value"] == "typed"
+    ack = fake.wait_for(lambda: [a for a in fake.acks() if a["envelope_id"] == envelope["envelope_id"]])[0]
+    assert ack["payload"] == {"response_action": "errors", "errors": {"b": "meta"}}
+
+    fake.home_opened("U1")
+    assert fake.wait_for(lambda: fake.home_view("U1"))["type"] == "home"
+
+
+def test_streaming_when_enabled() -> None:
+    with FakeSlack(streaming=True) as fake:
+        client = WebClient(token="xoxb-test", base_url=fake.api_url)
+        started = client.chat_startStream(channel="C1", thread_ts="1.000001", markdown_text="Hel")
+        client.chat_appendStream(channel="C1", ts=started["ts"], markdown_text="lo")
+        client.chat_stopStream(channel="C1", ts=started["ts"], markdown_text="!")
+        (message,) = fake.messages("C1", thread_ts="1.000001")
+        assert message["text"] == "Hello!" and [u["text"] for u in message["updates"]] == ["Hel", "Hello"]
