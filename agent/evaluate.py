@@ -48,7 +48,8 @@ def score_item(item: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
     answer = result.get("answer")
     if answer is not None:
         if item.get("must_include"):
-            scores["accuracy"] = contains_all(answer, item["must_include"])
+            # A refusal never counts, even when its list of closest sources happens to name the key string.
+            scores["accuracy"] = bool(result.get("grounded")) and contains_all(answer, item["must_include"])
         if item.get("answer"):
             scores["f1"] = token_f1(answer, item["answer"])
             scores["rouge_l"] = rouge_l(answer, item["answer"])

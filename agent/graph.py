@@ -210,7 +210,12 @@ class Agent:
         if not refused and attribution.supported:
             answer, cited = attribution.answer, attribution.cited
         else:
-            quote = extractive_answer(state["query"], passages, self.settings.min_quote_coverage)
+            # Questions are usually worded unlike the docs; when retrieval is confident the topic is
+            # right, so a sentence sharing fewer of the question's words is still the answer.
+            coverage = self.settings.min_quote_coverage
+            if state.get("best_dense", 0.0) >= self.settings.confident_relevance:
+                coverage /= 2
+            quote = extractive_answer(state["query"], passages, coverage)
             if quote is None:
                 return {**self._not_found(state), "timings": _timed(state, "check_ms", started)}
             answer, cited = quote

@@ -108,7 +108,7 @@ def extractive_answer(
     if not wanted:
         return None
     best: tuple[float, int, int] | None = None  # (score, passage index, sentence index)
-    split = [sentences(p.text) for p in passages[:2]]
+    split = [sentences(p.text) for p in passages[:3]]
     for pi, parts in enumerate(split):
         for si, sentence in enumerate(parts):
             overlap = len(wanted & content_tokens(sentence)) / len(wanted)

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     min_quote_coverage: float = Field(
         0.4, description="A quoted fallback must contain this share of the question's content words."
     )
+    confident_relevance: float = Field(
+        0.55, description="From this best dense similarity on, a quote needs only half that coverage."
+    )
 
     # --- generation ---------------------------------------------------------------------------
     backend: Literal["transformers", "anthropic", "openai"] = "transformers"
@@ -82,6 +85,14 @@ class Settings(BaseSettings):
     slack_signing_secret: SecretStr | None = Field(None, validation_alias=AliasChoices("SLACK_SIGNING_SECRET"))
     slack_api_url: str = Field("", description="Slack Web API base URL (GovSlack, proxies, tests).")
     admin_users: str = Field("", description="Comma-separated Slack user IDs allowed to run admin commands.")
+    slack_command: str = Field("/flywheel", description="The slash command the bot answers (must match the manifest).")
+    up_reactions: str = Field("+1,thumbsup,white_check_mark", description="Emoji names counted as 👍 (comma-separated).")
+    down_reactions: str = Field("-1,thumbsdown", description="Emoji names counted as 👎 (comma-separated).")
+    workers: int = Field(4, description="Slack answers computed at once.")
+    queue_size: int = Field(16, description="Slack jobs waiting for a worker; beyond this the bot says it is busy.")
+    feedback_buttons: bool = Field(True, description="Show 👍/👎 buttons under Slack answers.")
+    notify_channel: str = Field("", description="Slack channel for operational notices; empty = none.")
+    stream_interval: float = Field(1.0, description="Seconds between streamed chat.update calls (Slack allows ~1/s).")
 
     @classmethod
     def settings_customise_sources(
