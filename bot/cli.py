@@ -7,6 +7,7 @@ and each command here only maps arguments onto it and renders the result.
     flywheel chat                                   # terminal chat with thread memory and 👍/👎
     flywheel sources | status [--json] | config
     flywheel eval --qa qa.jsonl --docs docs/ --out results.jsonl [--json]
+    flywheel bot [--http] [--port 3000]             # the Slack bot (Socket Mode by default)
 """
 
 from __future__ import annotations
@@ -197,6 +198,35 @@ def show_config() -> None:
         table.add_row(key, str(value))
     console.print(table)
     console.print(f"[dim]config file: {config_file_path() or 'none'} · environment: FLYWHEEL_<SETTING>[/]")
+
+
+# --- Slack --------------------------------------------------------------------------------------
+@app.command()
+def bot(
+    http: Annotated[bool, typer.Option("--http", help="Serve HTTP events at /slack/events instead of Socket Mode.")] = False,
+    port: Annotated[int, typer.Option(help="HTTP port (with --http).")] = 3000,
+) -> None:
+    """Run the Slack bot (Socket Mode by default; needs SLACK_BOT_TOKEN and SLACK_APP_TOKEN,
+    or SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET with --http)."""
+    from bot.app import ConfigError, build_app, check_tokens
+
+    settings = _settings()
+    try:
+        check_tokens(settings, http=http)  # before loading models: fail in a second, not a minute
+        flywheel_bot = build_app(settings, http=http)
+    except ConfigError as exc:
+        err.print(f"[red]Cannot start the Slack bot:[/] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+    err.print(f"Flywheel bot starting ({'HTTP on port %d' % port if http else 'Socket Mode'}) — Ctrl-C stops it.")
+    try:
+        if http:
+            flywheel_bot.run_http(port)
+        else:
+            flywheel_bot.run_socket_mode()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        flywheel_bot.close()
 
 
 # --- evaluation and demo ------------------------------------------------------------------------

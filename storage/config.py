@@ -94,6 +94,31 @@ class Settings(BaseSettings):
     notify_channel: str = Field("", description="Slack channel for operational notices; empty = none.")
     stream_interval: float = Field(1.0, description="Seconds between streamed chat.update calls (Slack allows ~1/s).")
 
+    # --- training (LoRA fine-tuning, the eval gate) ---------------------------------------------
+    lora_r: int = Field(16, description="LoRA rank.")
+    lora_alpha: int = Field(32, description="LoRA scaling numerator (scale = alpha / r).")
+    lora_dropout: float = 0.05
+    learning_rate: float = Field(2e-4, description="LoRA learning rate (trl's 2e-5 default is for full fine-tuning).")
+    epochs: float = 3
+    batch_size: int = 4
+    grad_accum: int = 1
+    max_seq_len: int = Field(768, description="Training sequences are truncated/packed to this many tokens.")
+    train_threads: int = Field(0, description="torch threads while training; 0 = all cores.")
+    promote_margin: float = Field(0.02, description="A candidate must beat the current adapter by this much to be promoted.")
+    guard_tolerance: float = Field(0.02, description="Largest allowed drop of a guard metric (groundedness, citations, refusals).")
+    min_new_pairs: int = Field(8, description="Fewer new training pairs than this and a retrain is skipped.")
+    min_dpo_pairs: int = Field(32, description="Preference pairs needed before a DPO stage runs after SFT.")
+
+    # --- distillation and datasets ----------------------------------------------------------------
+    teacher: Literal["auto", "offline", "anthropic"] = Field(
+        "auto", description="Who writes Q&A pairs: anthropic when ANTHROPIC_API_KEY is set (auto), else offline rules."
+    )
+    teacher_model: str = Field("claude-sonnet-4-5", description="Anthropic model of the teacher.")
+    heldout_fraction: float = Field(0.2, description="Share of document sections held out of training (by stable hash).")
+    max_pairs_per_chunk: int = Field(3, description="Q&A pairs the teacher may write per chunk.")
+    distractors: int = Field(2, description="Other retrieved chunks placed next to a pair's own chunk in SFT prompts.")
+    notfound_fraction: float = Field(0.15, description="Share of SFT train examples that teach the not-found reply.")
+
     @classmethod
     def settings_customise_sources(
         cls,

@@ -11,7 +11,9 @@ import json
 import sqlite3
 import threading
 import uuid
-from datetime import UTC, datetime
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +142,14 @@ MIGRATIONS: list[str] = [
         key TEXT PRIMARY KEY,
         value TEXT
     );
+    """,
+    # 2: Slack event dedupe (Slack redelivers on slow acks and across reconnects)
+    """
+    CREATE TABLE slack_events (
+        event_id TEXT PRIMARY KEY,
+        received_at TEXT NOT NULL
+    );
+    CREATE INDEX idx_slack_events_received ON slack_events(received_at);
     """,
 ]
 
@@ -272,12 +282,74 @@ class Store:
                 (interaction_id, user_id, vote, source, comment, correction, stamp, stamp),
             )
 
+    def vote_of(self, interaction_id: str, user_id: str) -> dict[str, Any] | None:
+        """The user's feedback row on one answer, if any."""
+        rows = self.query("SELECT * FROM feedback WHERE interaction_id = ? AND user_id = ?", (interaction_id, user_id))
+        return rows[0] if rows else None
+
+    # --- Slack --------------------------------------------------------------------------------
+    def attach_message(self, interaction_id: str, channel: str, ts: str) -> None:
+        """Remember which Slack message shows an answer, so reactions on it find the interaction."""
+        with self.lock:
+            self.db.execute(
+                "UPDATE interactions SET channel = ?, message_ts = ? WHERE id = ?", (channel, ts, interaction_id)
+            )
+
+    def interaction_by_message(self, channel: str, ts: str) -> dict[str, Any] | None:
+        rows = self.query(
+            "SELECT * FROM interactions WHERE channel = ? AND message_ts = ? ORDER BY created_at DESC LIMIT 1",
+            (channel, ts),
+        )
+        return _decode(rows[0]) if rows else None
+
+    def claim_event(self, event_id: str, retention_hours: float = 2.0) -> bool:
+        """True the first time an event id is seen, False for a redelivery. Entries older than
+        `retention_hours` are pruned (Slack retries within ~5 minutes; an hour or more is safe)."""
+        stamp = now()
+        with self.lock:
+            cursor = self.db.execute(
+                "INSERT OR IGNORE INTO slack_events (event_id, received_at) VALUES (?, ?)", (event_id, stamp)
+            )
+            claimed = cursor.rowcount == 1
+            if claimed and hash(event_id) % 50 == 0:  # prune now and then, not on every event
+                self.prune_events(retention_hours)
+        return claimed
+
+    def prune_events(self, retention_hours: float = 2.0) -> int:
+        cutoff = (datetime.now(UTC) - timedelta(hours=retention_hours)).isoformat(timespec="milliseconds")
+        with self.lock:
+            return self.db.execute("DELETE FROM slack_events WHERE received_at < ?", (cutoff,)).rowcount
+
     def feedback_counts(self) -> dict[str, int]:
         rows = self.query("SELECT vote, COUNT(*) AS n FROM feedback GROUP BY vote")
         counts = {row["vote"]: row["n"] for row in rows}
         return {"up": counts.get(1, 0), "down": counts.get(-1, 0)}
 
     # --- adapter registry ---------------------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT, ROLLBACK on error) under the store lock:
+        several statements that must land together or not at all (adapter promotion)."""
+        with self.lock:
+            conn = self.db.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    def adapter(self, version: str) -> dict[str, Any] | None:
+        rows = self.query("SELECT * FROM adapters WHERE version = ?", (version,))
+        return _decode(rows[0]) if rows else None
+
+    def adapters(self, status: str | None = None) -> list[dict[str, Any]]:
+        """Adapter rows, newest first (optionally only one status)."""
+        where, params = ("WHERE status = ?", (status,)) if status else ("", ())
+        return [_decode(r) for r in self.query(f"SELECT * FROM adapters {where} ORDER BY version DESC", params)]
+
     def promoted_adapter(self) -> dict[str, Any] | None:
         rows = self.query(
             "SELECT * FROM adapters WHERE status = 'promoted' ORDER BY promoted_at DESC LIMIT 1"

@@ -1,0 +1,423 @@
+"""The Slack bot end to end: the real Bolt app, SocketModeHandler and slack_sdk clients against the fake
+Slack in tests/fakeslack.py, answering with the real Agent (tiny random model) over the sample handbook.
+
+    pytest -q tests/test_slack.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from slack_sdk import WebClient
+from slack_sdk.signature import SignatureVerifier
+from typer.testing import CliRunner
+
+from agent.graph import Agent
+from bot.answering import PLACEHOLDER, SORRY, render_answer, split_text
+from bot.app import BUSY, ConfigError, FlywheelBot, _verify_identity, build_app
+from bot.commands import TRAINING_UNAVAILABLE, WORKING
+from bot.feedback import normalize_emoji
+from storage.config import Settings
+from storage.db import Store
+from storage.samples import sample_handbook
+from tests.fakeslack import FakeSlack
+
+pytestmark = pytest.mark.timeout(180)
+
+QUESTION = "How much traffic does a canary get, and for how long?"
+ADMIN = "UADMIN"
+
+
+@pytest.fixture(autouse=True)
+def _no_slack_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # SLACK_CLIENT_ID/SECRET would silently switch Bolt into OAuth mode.
+    for name in list(os.environ):
+        if name.startswith("SLACK_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="module")
+def handbook_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One ingested copy of the handbook, copied into each test's home (ingesting costs seconds)."""
+    from storage.knowledge import KnowledgeBase
+
+    home = tmp_path_factory.mktemp("slack-handbook-home")
+    kb = KnowledgeBase(Settings(home=home))
+    report = kb.ingest([sample_handbook()])
+    assert not report.failed, report.failed
+    kb.store.close()
+    return home
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeSlack]:
+    with FakeSlack(bot_user_id="UBOT", bot_id="BBOT") as running:
+        yield running
+
+
+def slack_settings(home: Path, model_dir: Path, fake: FakeSlack, **overrides: Any) -> Settings:
+    values: dict[str, Any] = dict(
+        home=home, model=str(model_dir), max_new_tokens=16, stream_interval=0.05, admin_users=ADMIN,
+        slack_api_url=fake.api_url, SLACK_BOT_TOKEN="xoxb-test", SLACK_APP_TOKEN="xapp-test",
+    )
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def make_bot(handbook_home: Path, tiny_model_dir: Path, fake: FakeSlack,
+             tmp_path: Path) -> Iterator[Callable[..., FlywheelBot]]:
+    """Build (and connect over Socket Mode) a bot on a fresh copy of the ingested handbook."""
+    bots: list[FlywheelBot] = []
+
+    def make(connect: bool = True, http: bool = False, **overrides: Any) -> FlywheelBot:
+        home = tmp_path / f"home{len(bots)}"
+        shutil.copytree(handbook_home, home)
+        settings = slack_settings(home, tiny_model_dir, fake, **overrides)
+        bot = build_app(settings, Agent(settings), http=http)
+        bots.append(bot)
+        if connect:
+            # A short ping interval makes the builtin client notice closed sockets quickly.
+            bot.run_socket_mode(block=False, ping_interval=0.5)
+            fake.wait_for(lambda: fake.connected, timeout=10)
+        return bot
+
+    yield make
+    for bot in bots:
+        bot.close()
+        bot.store.close()
+
+
+@pytest.fixture
+def bot(make_bot: Callable[..., FlywheelBot]) -> FlywheelBot:
+    return make_bot()
+
+
+# --- helpers ----------------------------------------------------------------------------------------
+def replies(fake: FakeSlack, channel: str, thread_ts: str) -> list[dict[str, Any]]:
+    return [m for m in fake.messages(channel, thread_ts, include_parent=False) if m["bot_id"]]
+
+
+def final_answer(fake: FakeSlack, channel: str, thread_ts: str, timeout: float = 60) -> dict[str, Any]:
+    """The bot's finished reply in a thread: the final chat.update always carries blocks."""
+    return fake.wait_for(lambda: next(m for m in replies(fake, channel, thread_ts)
+                                      if m["blocks"] or m["text"] in (BUSY, SORRY)), timeout=timeout)
+
+
+def ask(fake: FakeSlack, text: str = QUESTION, channel: str = "C0001", user: str = "U1",
+        thread_ts: str | None = None) -> tuple[str, dict[str, Any]]:
+    env = fake.mention(user, channel, f"<@UBOT> {text}", thread_ts=thread_ts)
+    event = env["payload"]["event"]
+    thread = thread_ts or event["ts"]
+    return thread, final_answer(fake, channel, thread)
+
+
+def block(message: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    return next((b for b in message["blocks"] or [] if b["type"] == kind), None)
+
+
+def feedback(store: Store, interaction_id: str, user: str) -> dict[str, Any] | None:
+    return store.vote_of(interaction_id, user)
+
+
+# --- questions ---------------------------------------------------------------------------------------
+def test_mention_gets_a_threaded_answer_with_citations_and_buttons(fake: FakeSlack, bot: FlywheelBot) -> None:
+    thread, answer = ask(fake)
+    assert answer["thread_ts"] == thread
+    assert answer["updates"][0]["text"] == PLACEHOLDER  # the placeholder came first, then was edited
+    assert "<@UBOT>" not in answer["text"]
+    context = block(answer, "context")
+    assert context and context["elements"][0]["text"].startswith("[1] ")
+    actions = block(answer, "actions")
+    assert actions and [e["action_id"] for e in actions["elements"]] == ["feedback_up", "feedback_down"]
+    interaction = bot.store.interaction_by_message("C0001", answer["ts"])
+    assert interaction and interaction["surface"] == "slack" and interaction["user_id"] == "U1"
+    assert interaction["question"] == QUESTION  # the mention was stripped
+    assert interaction["conversation_id"] == f"C0001:{thread}"
+    assert actions["elements"][0]["value"] == interaction["id"]
+    assert fake.calls("assistant.threads.setStatus")
+
+
+def test_dm_is_answered_and_buttons_can_be_turned_off(fake: FakeSlack, make_bot: Callable[..., FlywheelBot]) -> None:
+    bot = make_bot(feedback_buttons=False)
+    env = fake.dm("U1", QUESTION)
+    answer = final_answer(fake, "D0001", env["payload"]["event"]["ts"])
+    assert block(answer, "section") and block(answer, "actions") is None
+    assert bot.store.interaction_by_message("D0001", answer["ts"])
+
+
+def test_follow_up_in_thread_uses_the_thread_memory(fake: FakeSlack, bot: FlywheelBot) -> None:
+    thread, _ = ask(fake)
+    fake.mention("U1", "C0001", "<@UBOT> and what does shipit compare?", thread_ts=thread)
+    fake.wait_for(lambda: len([m for m in replies(fake, "C0001", thread) if m["blocks"]]) == 2, timeout=60)
+    second = [m for m in replies(fake, "C0001", thread) if m["blocks"]][1]
+    row = bot.store.interaction_by_message("C0001", second["ts"])
+    assert row["question"] == "and what does shipit compare?"
+    assert QUESTION in row["condensed_question"]
+
+
+def test_agent_failure_is_reported_in_the_thread(fake: FakeSlack, make_bot: Callable[..., FlywheelBot],
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    make_bot(model="/nonexistent/model")  # the real generator fails to load
+    _, answer = ask(fake)
+    assert answer["text"] == SORRY
+    assert any(r.exc_info for r in caplog.records if "failed" in r.getMessage())
+
+
+def test_bots_own_messages_edits_and_deletions_are_ignored(fake: FakeSlack, bot: FlywheelBot) -> None:
+    fake.message_event(channel="D0001", user="UBOT", bot_id="BBOT", text="my own answer")
+    fake.message_event(channel="D0001", subtype="bot_message", bot_id="BOTHER", text="another bot asks")
+    fake.message_event(channel="D0001", bot_id="BOTHER", user="UOTHERBOT", text="a bot with a user")
+    original = fake.dm("U1", "hi")["payload"]["event"]["ts"]
+    final_answer(fake, "D0001", original)
+    fake.message_event(channel="D0001", subtype="message_changed", message={"ts": original, "text": "edited?"})
+    fake.message_event(channel="D0001", subtype="message_deleted", deleted_ts=original)
+    last = fake.dm("U1", QUESTION)["payload"]["event"]["ts"]
+    final_answer(fake, "D0001", last)
+    time.sleep(0.5)
+    answered = [c["params"].get("thread_ts") for c in fake.calls("chat.postMessage")]
+    assert answered == [original, last]
+    assert len(replies(fake, "D0001", original)) == 1
+
+
+def test_redelivered_event_is_answered_once(fake: FakeSlack, bot: FlywheelBot) -> None:
+    env = fake.mention("U1", "C0001", f"<@UBOT> {QUESTION}")
+    thread = env["payload"]["event"]["ts"]
+    fake.deliver(env, retry_attempt=1, retry_reason="timeout")
+    fake.deliver(env)  # socket mode may redeliver with retry_attempt 0, too
+    final_answer(fake, "C0001", thread)
+    fake.wait_for(lambda: len(fake.acks()) >= 3)
+    time.sleep(1.0)
+    assert len(replies(fake, "C0001", thread)) == 1
+    assert bot.store.scalar("SELECT COUNT(*) FROM slack_events WHERE event_id = ?",
+                            (env["payload"]["event_id"],)) == 1
+
+
+# --- feedback ----------------------------------------------------------------------------------------
+def test_reactions_and_buttons_vote_change_and_modal(fake: FakeSlack, bot: FlywheelBot) -> None:
+    _, answer = ask(fake)
+    iid = bot.store.interaction_by_message("C0001", answer["ts"])["id"]
+    store = bot.store
+
+    fake.react("U2", "C0001", answer["ts"], "+1::skin-tone-3")
+    fake.wait_for(lambda: (feedback(store, iid, "U2") or {}).get("vote") == 1)
+    assert feedback(store, iid, "U2")["source"] == "reaction"
+    redelivered = fake.react("U2", "C0001", answer["ts"], "thumbsup")
+    fake.deliver(redelivered, retry_attempt=1, retry_reason="timeout")
+    fake.wait_for(lambda: len(fake.acks()) >= 4)
+    assert store.scalar("SELECT COUNT(*) FROM feedback WHERE interaction_id = ?", (iid,)) == 1
+
+    # Changed vote: 👎 button after the 👍 reaction; the modal opens on the same click.
+    fake.click("U2", "C0001", answer["ts"], "feedback_down", iid)
+    fake.wait_for(lambda: (feedback(store, iid, "U2") or {}).get("vote") == -1)
+    assert feedback(store, iid, "U2")["source"] == "button"
+    opened = fake.wait_for(lambda: fake.calls("views.open"))[0]["response"]["view"]
+    assert opened["callback_id"] == "feedback_modal" and opened["private_metadata"] == iid
+    fake.submit_view("U2", opened, {"wrong": {"value": "It cited the wrong doc"},
+                                    "correction": {"value": "5% for 30 minutes"}})
+    fake.wait_for(lambda: (feedback(store, iid, "U2") or {}).get("correction") == "5% for 30 minutes")
+    row = feedback(store, iid, "U2")
+    assert row["comment"] == "It cited the wrong doc" and row["vote"] == -1
+
+    # Removing the 👍 reaction does not undo the later 👎 button vote...
+    fake.react("U2", "C0001", answer["ts"], "+1", removed=True)
+    # ...but for another user, adding then removing 👍 leaves a 0.
+    fake.react("U3", "C0001", answer["ts"], "white_check_mark")
+    fake.wait_for(lambda: (feedback(store, iid, "U3") or {}).get("vote") == 1)
+    fake.react("U3", "C0001", answer["ts"], "white_check_mark", removed=True)
+    fake.wait_for(lambda: (feedback(store, iid, "U3") or {}).get("vote") == 0)
+    assert feedback(store, iid, "U2")["vote"] == -1
+
+    # 👍 button: vote stored, ephemeral thanks.
+    fake.click("U4", "C0001", answer["ts"], "feedback_up", iid)
+    fake.wait_for(lambda: (feedback(store, iid, "U4") or {}).get("vote") == 1)
+    fake.wait_for(lambda: any(e["user"] == "U4" for e in fake.ephemerals()))
+
+
+def test_reactions_elsewhere_are_ignored(fake: FakeSlack, bot: FlywheelBot) -> None:
+    thread, answer = ask(fake)
+    fake.react("U2", "C0001", thread, "+1")              # on the user's question
+    fake.react("U2", "C0001", answer["ts"], "tada")      # not a feedback emoji
+    other = fake.message_event(channel="C0001", user="U9", text="unrelated")["payload"]["event"]["ts"]
+    fake.react("U2", "C0001", other, "-1")
+    fake.wait_for(lambda: len(fake.acks()) >= 5)
+    time.sleep(0.5)
+    assert bot.store.scalar("SELECT COUNT(*) FROM feedback") == 0
+
+
+# --- slash command and App Home -------------------------------------------------------------------
+def _response_texts(fake: FakeSlack) -> list[str]:
+    return [r.get("text", "") for r in fake.responses()]
+
+
+def test_slash_command_as_admin(fake: FakeSlack, bot: FlywheelBot) -> None:
+    fake.command(ADMIN, "/flywheel", "status")
+    status = fake.wait_for(lambda: next(t for t in _response_texts(fake) if "Flywheel status" in t))
+    assert "Documents: 6" in status and "Answers this week" in status and "adapter" in status
+    fake.command(ADMIN, "/flywheel", "help")
+    fake.wait_for(lambda: any("/flywheel ingest" in t for t in _response_texts(fake)))
+    fake.command(ADMIN, "/flywheel", "frobnicate")
+    unknown = fake.wait_for(lambda: next(t for t in _response_texts(fake) if "frobnicate" in t))
+    assert "/flywheel retrain" in unknown
+    env = fake.command(ADMIN, "/flywheel", "retrain")
+    fake.wait_for(lambda: TRAINING_UNAVAILABLE in _response_texts(fake))
+    ack = next(a for a in fake.acks() if a["envelope_id"] == env["envelope_id"])
+    assert ack["payload"]["text"] == WORKING
+    audit = bot.store.query("SELECT * FROM audit_log WHERE action = 'slash:retrain'")
+    assert audit and audit[0]["actor"] == ADMIN and json.loads(audit[0]["detail"])["allowed"] is True
+    assert not bot.store.query("SELECT * FROM audit_log WHERE action IN ('slash:status', 'slash:help')")
+
+
+def test_slash_command_as_non_admin_is_refused(fake: FakeSlack, bot: FlywheelBot, tmp_path: Path) -> None:
+    docs = tmp_path / "more"
+    docs.mkdir()
+    (docs / "extra.md").write_text("# Extra\n\nThe office plant is watered on Tuesdays.\n")
+    before = bot.store.scalar("SELECT COUNT(*) FROM documents")
+    fake.command("U1", "/flywheel", f"ingest {docs}")
+    fake.command("U1", "/flywheel", "retrain")
+    fake.wait_for(lambda: len([t for t in _response_texts(fake) if "only Flywheel admins" in t]) == 2)
+    time.sleep(0.3)
+    assert TRAINING_UNAVAILABLE not in _response_texts(fake)
+    assert bot.store.scalar("SELECT COUNT(*) FROM documents") == before
+    rows = bot.store.query("SELECT * FROM audit_log WHERE actor = 'U1' ORDER BY id")
+    # The two commands are handled concurrently (Bolt's listener pool), so either may be audited first.
+    assert sorted(r["action"] for r in rows) == ["slash:ingest", "slash:retrain"]
+    assert all(json.loads(r["detail"])["allowed"] is False for r in rows)
+    fake.command("U1", "/flywheel", "status")  # status is for everyone
+    fake.wait_for(lambda: any("Flywheel status" in t for t in _response_texts(fake)))
+
+    fake.command(ADMIN, "/flywheel", f"ingest {docs}")  # the admin can
+    fake.wait_for(lambda: any("Ingested" in t for t in _response_texts(fake)), timeout=60)
+    assert bot.store.scalar("SELECT COUNT(*) FROM documents") == before + 1
+
+
+def test_app_home_shows_stats_and_training_runs_for_admins(fake: FakeSlack, bot: FlywheelBot) -> None:
+    fake.home_opened("U1")
+    home = fake.wait_for(lambda: fake.home_view("U1"))
+    text = json.dumps(home["blocks"], ensure_ascii=False)
+    assert "6 documents" in text and "Training runs" not in text
+    fake.home_opened(ADMIN)
+    admin_home = fake.wait_for(lambda: fake.home_view(ADMIN))
+    assert "No training runs yet" in json.dumps(admin_home["blocks"], ensure_ascii=False)
+
+
+# --- robustness ---------------------------------------------------------------------------------------
+def test_rate_limited_post_is_retried(fake: FakeSlack, bot: FlywheelBot) -> None:
+    fake.fail_next("chat.postMessage", status=429, retry_after=1)
+    _, answer = ask(fake)
+    assert block(answer, "section")
+    statuses = [c["status"] for c in fake.calls("chat.postMessage")]
+    assert statuses[:2] == [429, 200]
+
+
+def test_reconnects_after_disconnect_and_answers_again(fake: FakeSlack, bot: FlywheelBot) -> None:
+    for number, how in enumerate(("message", "close"), start=2):
+        fake.disconnect(how)
+        fake.wait_for(lambda: fake.connections >= number and fake.connected, timeout=20)
+        _, answer = ask(fake)
+        assert block(answer, "section")
+
+
+def test_back_pressure_replies_busy_instead_of_dropping(fake: FakeSlack,
+                                                        make_bot: Callable[..., FlywheelBot]) -> None:
+    make_bot(workers=1, queue_size=1)
+    threads = [fake.mention(f"U{i}", "C0001", f"<@UBOT> {QUESTION}")["payload"]["event"]["ts"] for i in range(5)]
+    finals = [final_answer(fake, "C0001", t, timeout=90) for t in threads]
+    texts = [m["text"] for m in finals]
+    assert texts.count(BUSY) >= 1, texts
+    assert len(texts) - texts.count(BUSY) >= 2, texts  # one running + one queued got answered
+
+
+def test_http_mode_verifies_signatures(fake: FakeSlack, make_bot: Callable[..., FlywheelBot]) -> None:
+    secret = "test-signing-secret"
+    bot = make_bot(connect=False, http=True, SLACK_SIGNING_SECRET=secret, SLACK_APP_TOKEN=None)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    bot.run_http(port, block=False)
+    url = f"http://127.0.0.1:{port}/slack/events"
+
+    def post(payload: dict[str, Any], signature: str | None = None) -> tuple[int, str]:
+        body = json.dumps(payload)
+        timestamp = str(int(time.time()))
+        sig = signature or SignatureVerifier(secret).generate_signature(timestamp=timestamp, body=body)
+        request = urllib.request.Request(url, data=body.encode(), method="POST", headers={
+            "Content-Type": "application/json", "X-Slack-Signature": sig, "X-Slack-Request-Timestamp": timestamp})
+        for _ in range(50):  # the server thread may still be binding
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    return response.status, response.read().decode()
+            except urllib.error.HTTPError as exc:
+                return exc.code, exc.read().decode()
+            except urllib.error.URLError:
+                time.sleep(0.1)
+        raise AssertionError("HTTP server did not start")
+
+    status, body = post({"type": "url_verification", "challenge": "c-123", "token": "t"})
+    assert status == 200 and "c-123" in body
+    assert post({"type": "url_verification", "challenge": "c-123"}, signature="v0=bad")[0] == 401
+
+    event = {"type": "app_mention", "user": "U1", "text": f"<@UBOT> {QUESTION}", "ts": "1700000000.000100",
+             "channel": "C0001", "event_ts": "1700000000.000100"}
+    status, _ = post({"type": "event_callback", "event_id": "EvHTTP1", "team_id": "T0001", "api_app_id": "A0001",
+                      "event": event, "authorizations": [{"team_id": "T0001", "user_id": "UBOT", "is_bot": True}]})
+    assert status == 200
+    answer = final_answer(fake, "C0001", "1700000000.000100")
+    assert block(answer, "section")
+
+
+def test_missing_or_rejected_tokens_give_a_clear_error(fake: FakeSlack, tmp_path: Path) -> None:
+    from bot.cli import app as cli
+    from storage.config import get_settings
+
+    runner = CliRunner()
+    get_settings.cache_clear()
+    try:
+        result = runner.invoke(cli, ["bot"], env={"FLYWHEEL_HOME": str(tmp_path)})
+        assert result.exit_code != 0 and "SLACK_BOT_TOKEN" in result.output
+        get_settings.cache_clear()
+        result = runner.invoke(cli, ["bot"], env={"FLYWHEEL_HOME": str(tmp_path), "SLACK_BOT_TOKEN": "xoxb-x"})
+        assert result.exit_code != 0 and "SLACK_APP_TOKEN" in result.output
+        get_settings.cache_clear()
+        result = runner.invoke(cli, ["bot", "--http"], env={"FLYWHEEL_HOME": str(tmp_path),
+                                                            "SLACK_BOT_TOKEN": "xoxb-x"})
+        assert result.exit_code != 0 and "SLACK_SIGNING_SECRET" in result.output
+        assert "xoxb-x" not in result.output
+    finally:
+        get_settings.cache_clear()
+    with pytest.raises(ConfigError, match=r"Slack rejected SLACK_BOT_TOKEN \(invalid_auth\)"):
+        _verify_identity(WebClient(token="xoxp-not-a-bot-token", base_url=fake.api_url))
+
+
+# --- units ---------------------------------------------------------------------------------------------
+def test_long_answers_fit_slack_limits() -> None:
+    from agent.graph import Answer
+
+    text = ("word " * 700 + "\n\n") * 30  # ~105k chars
+    citations = [{"n": i, "source": f"doc{i}.md", "page": i, "heading": "H"} for i in range(1, 30)]
+    result = Answer(question="q", answer=text, grounded=True, citations=citations, retrieved=[], timings_ms={},
+                    model=None, adapter=None, route="question", interaction_id="abc")
+    fallback, blocks = render_answer(result)
+    assert len(fallback) <= 40_000 and len(blocks) <= 50
+    assert all(len(b["text"]["text"]) <= 3000 for b in blocks if b["type"] == "section")
+    assert blocks[-1]["type"] == "actions" and blocks[-2]["type"] == "context"
+    assert "[2] doc2.md, p. 2 — H" in blocks[-2]["elements"][0]["text"]
+    assert all(len(p) <= 10 for p in split_text("a" * 25, limit=10))
+    assert normalize_emoji("+1::skin-tone-4") == "+1" and normalize_emoji(":thumbsup:") == "thumbsup"
+
+
+def test_event_dedupe_is_persisted_and_pruned(store: Store) -> None:
+    assert store.claim_event("Ev1") and not store.claim_event("Ev1")
+    store.db.execute("UPDATE slack_events SET received_at = '2000-01-01T00:00:00.000+00:00'")
+    assert store.prune_events(1.0) == 1
+    assert store.claim_event("Ev1")
