@@ -37,6 +37,9 @@ SECTION_CHARS = 3000
 MAX_BLOCKS = 50
 MAX_TEXT = 39_000
 CURSOR = " ▍"
+# The model's words stream before the grounding check may replace them with a quote or a refusal,
+# so the stream is labelled as a draft: nobody should act on an unchecked sentence.
+DRAFT_NOTE = "_Draft — checking it against the documents…_\n"
 
 
 @dataclass
@@ -124,7 +127,8 @@ class _Streamer:
             return
         self._last = now
         try:
-            self.client.chat_update(channel=self.channel, ts=self.ts, text=to_mrkdwn(self.text[:MAX_TEXT]) + CURSOR)
+            shown = DRAFT_NOTE + to_mrkdwn(self.text[: MAX_TEXT - len(DRAFT_NOTE) - len(CURSOR)]) + CURSOR
+            self.client.chat_update(channel=self.channel, ts=self.ts, text=shown)
             self.updates += 1
         except Exception:  # a lost intermediate update is cosmetic; the final update still lands
             log.warning("streaming update failed in %s", self.channel, exc_info=True)
