@@ -121,5 +121,6 @@ def extractive_answer(
     chosen = split[pi][si : si + max_sentences]
     if len(chosen) > 1 and len(chosen[0]) > 200:
         chosen = chosen[:1]
-    quote = " ".join(chosen).strip()
+    # A numbered list splits as "... success. 4." — drop the next item's dangling number.
+    quote = re.sub(r"\s+\d{1,2}[.)]$", "", " ".join(chosen).strip())
     return f"The documents say: “{quote}” [{pi + 1}]", [pi + 1]

@@ -137,3 +137,6 @@ def test_extractive_answer_quotes_best_sentence():
     answer, cited = extractive_answer("what share of traffic goes to a canary?", PASSAGES)
     assert "5%" in answer and cited == [1]
     assert extractive_answer("zebra giraffe", PASSAGES) is None
+    steps = [P("3. Canary. The canary takes 5% of traffic for 30 minutes. 4. Promote with shipit promote.")]
+    answer, _ = extractive_answer("how much traffic does the canary take", steps, max_sentences=1)
+    assert answer.endswith("30 minutes.” [1]")
