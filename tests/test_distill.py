@@ -1,0 +1,284 @@
+"""Distillation and training datasets on the sample handbook (ingested once per module, ~10-40 s),
+and the Anthropic teacher through the real anthropic SDK against a loopback fake of /v1/messages.
+
+    cd /work/main && /work/venv/bin/pytest -q tests/test_distill.py
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from agent.prompts import NOT_FOUND, SYSTEM_PROMPT, build_messages, passage_label
+from agent.retrieval import Hit
+from storage.config import Settings
+from storage.knowledge import KnowledgeBase
+from storage.samples import sample_handbook
+from training.dataset import build_datasets
+from training.distill import distill, is_heldout, is_leaky, is_supported, pending_sections
+from training.teachers import AnthropicTeacher, OfflineTeacher, load_teacher
+
+
+@pytest.fixture(scope="module")
+def kb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KnowledgeBase]:
+    root = tmp_path_factory.mktemp("distill")
+    docs = root / "handbook"
+    shutil.copytree(sample_handbook(), docs)  # a copy: one test edits a document
+    knowledge = KnowledgeBase(Settings(home=root / "home"))
+    report = knowledge.ingest([docs])
+    assert not report.failed
+    knowledge.docs = docs  # type: ignore[attr-defined]
+    yield knowledge
+    knowledge.store.close()
+
+
+@pytest.fixture(scope="module")
+def distilled(kb: KnowledgeBase):
+    sections = pending_sections(kb.store)
+    report = distill(kb.settings, kb.store, OfflineTeacher())
+    return sections, report
+
+
+def _pairs(kb: KnowledgeBase) -> list[dict[str, Any]]:
+    return kb.store.query(
+        "SELECT q.*, c.text, c.heading, d.name AS doc FROM qa_pairs q JOIN chunks c ON c.id = q.chunk_id "
+        "JOIN documents d ON d.id = q.document_id ORDER BY q.created_at, q.id"
+    )
+
+
+# --- the offline teacher and distill ---------------------------------------------------------------
+def test_offline_pairs_are_many_grounded_and_standalone(kb: KnowledgeBase, distilled) -> None:
+    sections, report = distilled
+    pairs = _pairs(kb)
+    assert report.kept == len(pairs) >= 30
+    assert report.sections == len(sections) and report.chunks == kb.stats()["chunks"]
+    assert report.train + report.heldout == report.kept
+    for pair in pairs:
+        assert is_supported(pair["answer"], pair["text"] + " " + pair["heading"]), pair
+        assert not is_leaky(pair["question"]) and pair["question"].endswith("?")
+        assert not re.search(r"\[\d+\]", pair["answer"])  # markers are added at dataset time
+        assert pair["question"].lower().rstrip("?") not in pair["answer"].lower()  # reworded, not copied
+    questions = [p["question"].lower() for p in pairs]
+    assert len(set(questions)) == len(questions)
+    assert any(q.startswith("how soon") for q in questions) and any("rollback procedure" in q for q in questions)
+
+    # deterministic: the same sections give the same pairs
+    teacher = OfflineTeacher()
+    first = [teacher.pairs_for(chunks, 6) for _, chunks in sections]
+    assert first == [OfflineTeacher().pairs_for(chunks, 6) for _, chunks in sections]
+    assert all(p.chunk_ids and set(p.chunk_ids) <= {c["id"] for c in chunks}
+               for pairs_, (_, chunks) in zip(first, sections) for p in pairs_)
+
+
+def test_second_run_adds_nothing(kb: KnowledgeBase, distilled) -> None:
+    before = kb.store.scalar("SELECT COUNT(*) FROM qa_pairs")
+    again = distill(kb.settings, kb.store, OfflineTeacher())
+    assert (again.sections, again.generated, again.kept) == (0, 0, 0)
+    assert kb.store.scalar("SELECT COUNT(*) FROM qa_pairs") == before
+    assert kb.store.scalar("SELECT COUNT(*) FROM chunks WHERE distilled_at IS NULL") == 0
+
+
+def test_heldout_split_is_by_section_and_stable(kb: KnowledgeBase, distilled) -> None:
+    pairs = _pairs(kb)
+    splits: dict[tuple[str, str], set[str]] = {}
+    for pair in pairs:
+        splits.setdefault((pair["doc"], pair["section"]), set()).add(pair["split"])
+        digest = hashlib.sha1(f"{pair['doc']}\x1f{pair['section']}".encode()).digest()
+        expected = int.from_bytes(digest[:8], "big") / 2**64 < kb.settings.heldout_fraction
+        assert (pair["split"] == "heldout") == expected == is_heldout(pair["doc"], pair["section"], 0.2)
+    assert all(len(s) == 1 for s in splits.values())  # a section is never split across train/heldout
+    assert {"train", "heldout"} <= {p["split"] for p in pairs}
+    assert is_heldout("x.md", "A > B", 1.0) and not is_heldout("x.md", "A > B", 0.0)
+
+
+# --- the Anthropic teacher through the real SDK ------------------------------------------------------
+@contextmanager
+def _fake_messages(responses: list[tuple[int, dict, dict]]) -> Iterator[tuple[str, list[dict]]]:
+    """POST /v1/messages answers with the queued (status, headers, body) in turn; records requests."""
+    requests: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            requests.append({"path": self.path, "body": body})
+            status, headers, payload = responses.pop(0) if responses else (500, {}, {"error": "no more"})
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            for key, value in {"Content-Type": "application/json", **headers}.items():
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", requests
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+CHUNKS = [
+    {"id": "doc-1-00001", "source": "oncall.md", "heading": "On-Call > Paging", "page": None,
+     "text": "Acknowledge a page within 15 minutes. Unacknowledged pages escalate to the secondary."},
+    {"id": "doc-1-00002", "source": "oncall.md", "heading": "On-Call > Paging", "page": None,
+     "text": "Start working on a SEV1 within 5 minutes of acknowledging it."},
+]
+
+
+def _tool_message(pairs: Any) -> dict:
+    return {
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+        "content": [{"type": "tool_use", "id": "toolu_1", "name": "record_qa_pairs", "input": {"pairs": pairs}}],
+        "stop_reason": "tool_use", "stop_sequence": None,
+        "usage": {"input_tokens": 100, "output_tokens": 50, "cache_creation_input_tokens": 200,
+                  "cache_read_input_tokens": 0},
+    }
+
+
+def test_anthropic_teacher_uses_tool_cache_retries_and_accounts(tmp_path: Path) -> None:
+    pairs = [
+        {"question": "How soon must an on-call engineer acknowledge a page?", "answer": "Within 15 minutes [1].",
+         "reasoning": "stated", "chunk_ids": ["doc-1-00001"]},
+        {"question": "Unknown chunk?", "answer": "x", "chunk_ids": ["nope"]},  # unknown id: dropped
+        {"question": 7, "answer": None, "chunk_ids": ["doc-1-00002"]},  # malformed: dropped
+    ]
+    rate_limited = {"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}
+    with _fake_messages([(429, {"retry-after": "0"}, rate_limited), (200, {}, _tool_message(pairs))]) as (url, seen):
+        s = Settings(home=tmp_path / "home", anthropic_base_url=url, anthropic_api_key=SecretStr("sk-test"))
+        teacher = load_teacher(s, "auto")
+        assert isinstance(teacher, AnthropicTeacher) and teacher.name == "anthropic:claude-sonnet-4-5"
+        out = teacher.pairs_for(CHUNKS, 4)
+    assert len(seen) == 2  # the 429 was retried
+    body = seen[-1]["body"]
+    assert seen[-1]["path"] == "/v1/messages" and body["model"] == "claude-sonnet-4-5"
+    assert body["tools"][0]["name"] == "record_qa_pairs" and "pairs" in body["tools"][0]["input_schema"]["properties"]
+    assert body["tool_choice"] == {"type": "tool", "name": "record_qa_pairs"}
+    blocks = body["messages"][0]["content"]
+    cached = [b for b in blocks if b.get("cache_control") == {"type": "ephemeral"}]
+    assert cached and all(c["id"] in cached[0]["text"] for c in CHUNKS)
+
+    assert [(p.question, p.answer, p.chunk_ids) for p in out] == [
+        ("How soon must an on-call engineer acknowledge a page?", "Within 15 minutes.", ["doc-1-00001"])]
+    usage = teacher.usage
+    assert (usage.requests, usage.input_tokens, usage.output_tokens, usage.cache_write_tokens) == (1, 100, 50, 200)
+    assert usage.cost_usd == pytest.approx((100 * 3.0 + 50 * 15.0 + 200 * 3.75) / 1e6)
+
+
+def test_anthropic_teacher_survives_bad_output_and_unknown_model(tmp_path: Path) -> None:
+    bad = _tool_message("not a list")
+    with _fake_messages([(200, {}, bad)]) as (url, _):
+        s = Settings(home=tmp_path / "home", anthropic_base_url=url, anthropic_api_key=SecretStr("sk-test"),
+                     teacher_model="claude-unknown-9")
+        teacher = AnthropicTeacher(s)
+        assert teacher.pairs_for(CHUNKS, 3) == []
+    assert teacher.usage.requests == 1 and teacher.usage.cost_usd == 0.0  # unknown price: cost 0
+    assert isinstance(load_teacher(Settings(home=tmp_path / "h2")), OfflineTeacher)  # no key: offline
+
+
+# --- datasets ------------------------------------------------------------------------------------
+def _passages_in(content: str, kb: KnowledgeBase) -> list[Hit]:
+    """Recover the passages of a prompt from the chunk table, in order."""
+    found: list[Hit] = []
+    rows = kb.store.query("SELECT * FROM chunks")
+    for n in range(1, 10):
+        match = [r for r in rows if f"[{n}] {passage_label(_as_hit(r))}\n{r['text'].strip()}" in content]
+        if not match:
+            break
+        found.append(_as_hit(match[0]))
+    return found
+
+
+def _as_hit(row: dict) -> Hit:
+    return Hit(row["id"], row["source"], row["page"], row["heading"], row["text"], 0.0, tokens=row["tokens"])
+
+
+def _read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_build_datasets_formats_feedback_and_loads(kb: KnowledgeBase, distilled, tmp_path: Path) -> None:
+    from datasets import load_dataset
+
+    store = kb.store
+    chunk = store.query("SELECT * FROM chunks WHERE heading LIKE '%Paging%' ORDER BY ord LIMIT 1")[0]
+    messages = build_messages("How fast do I ack a page?", [_as_hit(chunk)])
+    down = store.record_interaction(surface="slack", question="How fast do I ack a page?", answer="Within an hour [1].",
+                                    grounded=True, prompt=json.dumps(messages),
+                                    citations=[{"n": 1, "chunk_id": chunk["id"]}])
+    store.set_vote(down, "U1", -1, "button", correction="Acknowledge a page within 15 minutes [1].")
+    up = store.record_interaction(surface="slack", question="How fast do I ack a page?", answer="Within 15 minutes [1].",
+                                  grounded=True, prompt=json.dumps(messages))
+    store.set_vote(up, "U2", 1, "reaction")
+
+    report = build_datasets(kb.settings, store, kb, out_dir=tmp_path / "ds", teacher=OfflineTeacher())
+    assert (kb.settings.datasets_dir / "latest").read_text().strip() == str(tmp_path / "ds")
+    train, heldout = _read(tmp_path / "ds" / "sft_train.jsonl"), _read(tmp_path / "ds" / "sft_heldout.jsonl")
+    assert report.files["sft_train.jsonl"] == len(train) and report.files["sft_heldout.jsonl"] == len(heldout) > 0
+    sources = report.sources["sft_train.jsonl"]
+    assert sources["distilled"] >= 20 and sources["not_found"] >= 1
+    assert sources["feedback_up"] == 1 and sources["correction"] == 1
+
+    pairs = {p["id"]: p for p in store.query("SELECT * FROM qa_pairs")}
+    for example in train + heldout:
+        prompt, answer = example["prompt"], example["completion"][0]["content"]
+        assert prompt[0] == {"role": "system", "content": SYSTEM_PROMPT} and prompt[1]["role"] == "user"
+        if example["source"] not in ("distilled", "not_found"):
+            continue
+        pair = pairs[example["id"].removesuffix("-nf")]
+        passages = _passages_in(prompt[1]["content"], kb)
+        assert prompt == build_messages(pair["question"], passages)  # exactly the agent's prompt
+        ids = [p.chunk_id for p in passages]
+        if example["source"] == "not_found":
+            assert answer == NOT_FOUND and pair["chunk_id"] not in ids
+        else:
+            n = ids.index(pair["chunk_id"]) + 1
+            assert f"[{n}]" in answer and answer.replace(f" [{n}]", "") == pair["answer"]
+            assert 2 <= len(passages) <= kb.settings.context_chunks
+
+    dpo = _read(tmp_path / "ds" / "dpo.jsonl")
+    assert len(dpo) == 1 and dpo[0]["prompt"] == messages
+    assert dpo[0]["chosen"] == [{"role": "assistant", "content": "Acknowledge a page within 15 minutes [1]."}]
+    assert dpo[0]["rejected"] == [{"role": "assistant", "content": "Within an hour [1]."}]
+    kto = _read(tmp_path / "ds" / "kto.jsonl")
+    assert sorted(k["label"] for k in kto) == [False, True]
+
+    again = build_datasets(kb.settings, store, kb, out_dir=tmp_path / "ds2", teacher=OfflineTeacher())
+    assert again.files == report.files and again.preference_pairs_added == 0  # deduped by interaction
+    assert store.scalar("SELECT COUNT(*) FROM preference_pairs") == 1
+    assert (tmp_path / "ds2" / "sft_train.jsonl").read_text() == (tmp_path / "ds" / "sft_train.jsonl").read_text()
+
+    for name in ("sft_train.jsonl", "sft_heldout.jsonl", "dpo.jsonl", "kto.jsonl"):
+        loaded = load_dataset("json", data_files=str(tmp_path / "ds" / name), split="train")
+        assert len(loaded) == report.files[name]
+
+
+def test_changed_document_gets_its_new_chunks_distilled(kb: KnowledgeBase, distilled) -> None:
+    """Runs last: it edits oncall.md in the module's copy of the handbook."""
+    oncall = kb.docs / "oncall.md"  # type: ignore[attr-defined]
+    oncall.write_text(oncall.read_text() + "\n## Pager batteries\n\nReplace the pager battery within 30 days "
+                      "of the low-battery warning.\n")
+    assert kb.ingest([kb.docs]).count("updated") == 1  # type: ignore[attr-defined]
+    report = distill(kb.settings, kb.store, OfflineTeacher())
+    assert report.sections > 0 and report.stale_removed > 0
+    assert report.chunks == kb.store.scalar(
+        "SELECT COUNT(*) FROM chunks c JOIN documents d ON d.id = c.document_id WHERE d.name = 'oncall.md'")
+    new = kb.store.query("SELECT * FROM qa_pairs WHERE question LIKE '%pager battery%'")
+    assert new and "30 days" in new[0]["answer"]
+    live = {r["id"] for r in kb.store.query("SELECT id FROM chunks")}
+    assert all(p["chunk_id"] in live for p in kb.store.query("SELECT chunk_id FROM qa_pairs"))

@@ -1,0 +1,205 @@
+"""Distillation: turn new document sections into filtered, held-out-split Q&A pairs in `qa_pairs`.
+
+    flywheel distill [--teacher offline|anthropic|auto] [--max-pairs N] [--json]
+
+Only chunks with `distilled_at IS NULL` are read: ingest gives a changed document new chunk ids, so
+new and changed documents are distilled and unchanged ones never again. Chunks are grouped by
+(document, heading) section and each section goes to the teacher once. Every pair must pass:
+
+* support — each answer sentence has >= 0.6 of its content words (and all its numbers) in the
+  supporting chunks (agent.grounding.support), so the model is never taught an unsupported claim;
+* answerability — no deictic wording ("this section", "the above", ...) and at least 4 words, because
+  at answer time the user never sees the chunk;
+* novelty — not a normalized duplicate, nor token-Jaccard >= 0.8 with an existing question.
+
+The held-out split is fixed per section: sha1(document name + heading) below `heldout_fraction` means
+every pair of that section, in every run, is held out, so evaluation never scores memorised sections.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from agent.grounding import content_tokens, sentences, support
+from storage.db import new_id, now
+from training.teachers import QAPair, Teacher, TeacherUsage
+
+if TYPE_CHECKING:
+    from storage.config import Settings
+    from storage.db import Store
+
+log = logging.getLogger(__name__)
+
+MIN_SUPPORT = 0.6
+MIN_QUESTION_WORDS = 4
+NEAR_DUPLICATE = 0.8
+# Phrases that only make sense to someone looking at the chunk.
+DEICTIC = re.compile(
+    r"\b(this|the above|that|the following|the preceding) (section|passage|text|paragraph|page|document|table|"
+    r"list|excerpt|chunk)\b|\bthe (above|passage|text|excerpt|chunk)\b|\baccording to the (document|text|passage|"
+    r"section|context)\b|\b(mentioned|described|listed|shown) (above|below)\b|\bin the context\b",
+    re.IGNORECASE,
+)
+
+
+@dataclass
+class DistillReport:
+    sections: int = 0
+    chunks: int = 0
+    generated: int = 0
+    kept: int = 0
+    dropped_unsupported: int = 0
+    dropped_leaky: int = 0
+    dropped_duplicate: int = 0
+    heldout: int = 0
+    train: int = 0
+    stale_removed: int = 0  # pairs of chunks that a re-ingest replaced (their document changed)
+    teacher: str = ""
+    usage: TeacherUsage = field(default_factory=TeacherUsage)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def section_key(document_name: str, heading: str | None) -> str:
+    return f"{document_name}\x1f{heading or ''}"
+
+
+def is_heldout(document_name: str, heading: str | None, fraction: float) -> bool:
+    """Stable across runs and machines (sha1, not Python's salted hash)."""
+    digest = hashlib.sha1(section_key(document_name, heading).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def normalize_question(question: str) -> str:
+    return re.sub(r"[^a-z0-9 ]+", "", re.sub(r"\s+", " ", question.lower())).strip()
+
+
+def jaccard(a: set[str], b: set[str]) -> float:
+    return len(a & b) / len(a | b) if a or b else 1.0
+
+
+def is_leaky(question: str) -> bool:
+    return bool(DEICTIC.search(question)) or len(question.split()) < MIN_QUESTION_WORDS
+
+
+def is_supported(answer: str, evidence: str) -> bool:
+    parts = [s for s in sentences(answer) if content_tokens(s) or re.search(r"\d", s)]
+    return bool(parts) and all(support(s, evidence) >= MIN_SUPPORT for s in parts)
+
+
+class _Seen:
+    """Questions already stored or kept in this run: exact (normalized) and near-duplicate lookup."""
+
+    def __init__(self, questions: list[str]):
+        self.exact = {normalize_question(q) for q in questions}
+        self.tokens = [content_tokens(q) for q in questions]
+
+    def duplicate(self, question: str) -> bool:
+        if normalize_question(question) in self.exact:
+            return True
+        words = content_tokens(question)
+        return any(jaccard(words, other) >= NEAR_DUPLICATE for other in self.tokens)
+
+    def add(self, question: str) -> None:
+        self.exact.add(normalize_question(question))
+        self.tokens.append(content_tokens(question))
+
+
+def pending_sections(store: Store) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """(document, chunks) per undistilled section, in document and reading order."""
+    rows = store.query(
+        """SELECT c.*, d.name AS document_name FROM chunks c JOIN documents d ON d.id = c.document_id
+           WHERE c.distilled_at IS NULL ORDER BY d.name, c.ord"""
+    )
+    sections: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        sections.setdefault((row["document_id"], row["heading"] or ""), []).append(row)
+    return [({"id": doc, "name": chunks[0]["document_name"], "heading": heading}, chunks)
+            for (doc, heading), chunks in sections.items()]
+
+
+def distill(settings: Settings, store: Store, teacher: Teacher, max_pairs: int | None = None) -> DistillReport:
+    """Ask the teacher about every undistilled section, filter, split and store the pairs."""
+    report = DistillReport(teacher=teacher.name)
+    report.stale_removed = drop_stale_pairs(store)
+    seen = _Seen([r["question"] for r in store.query("SELECT question FROM qa_pairs")])
+    budget = max_pairs if max_pairs is not None else None
+    for doc, chunks in pending_sections(store):
+        if budget is not None and budget <= 0:
+            break  # the rest stays undistilled for the next run
+        report.sections += 1
+        report.chunks += len(chunks)
+        by_id = {c["id"]: c for c in chunks}
+        try:
+            pairs: list[QAPair] = teacher.pairs_for(chunks, settings.max_pairs_per_chunk * len(chunks))
+        except Exception as exc:  # one failing section must not lose the others; it is retried next run
+            log.warning("teacher failed on %s / %s: %s", doc["name"], doc["heading"], exc)
+            continue
+        report.generated += len(pairs)
+        heldout = is_heldout(doc["name"], doc["heading"], settings.heldout_fraction)
+        rows = []
+        for pair in pairs:
+            evidence = "\n".join(by_id[i]["text"] + " " + (by_id[i]["heading"] or "") for i in pair.chunk_ids
+                                 if i in by_id)
+            if not evidence or not is_supported(pair.answer, evidence):
+                report.dropped_unsupported += 1
+                continue
+            if is_leaky(pair.question):
+                report.dropped_leaky += 1
+                continue
+            if seen.duplicate(pair.question):
+                report.dropped_duplicate += 1
+                continue
+            if budget is not None and len(rows) >= budget:
+                break
+            seen.add(pair.question)
+            chunk_id = next(i for i in pair.chunk_ids if i in by_id)
+            rows.append({
+                "id": new_id(), "chunk_id": chunk_id, "document_id": doc["id"], "section": doc["heading"],
+                "question": pair.question, "answer": pair.answer, "reasoning": pair.reasoning,
+                "split": "heldout" if heldout else "train", "teacher": teacher.name, "created_at": now(),
+            })
+        _store(store, rows, list(by_id))
+        report.kept += len(rows)
+        report.heldout += len(rows) if heldout else 0
+        report.train += 0 if heldout else len(rows)
+        if budget is not None:
+            budget -= len(rows)
+    report.usage = teacher.usage
+    store.audit("distill", "distill", {k: v for k, v in report.as_dict().items() if k != "usage"})
+    return report
+
+
+def drop_stale_pairs(store: Store) -> int:
+    """Delete pairs whose chunk no longer exists: a changed document got new chunks, and its old pairs
+    may state what the document no longer says (and would block the new ones as duplicates)."""
+    with store.lock:
+        return store.db.execute(
+            "DELETE FROM qa_pairs WHERE chunk_id IS NOT NULL AND chunk_id NOT IN (SELECT id FROM chunks)"
+        ).rowcount
+
+
+def _store(store: Store, rows: list[dict[str, Any]], chunk_ids: list[str]) -> None:
+    """Pairs and the chunks' distilled_at in one transaction: a crash never half-distills a section."""
+    stamp = now()
+    with store.lock:
+        conn = store.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(
+                "INSERT INTO qa_pairs (id, chunk_id, document_id, section, question, answer, reasoning, split,"
+                " teacher, created_at) VALUES (:id, :chunk_id, :document_id, :section, :question, :answer,"
+                " :reasoning, :split, :teacher, :created_at)",
+                rows,
+            )
+            conn.executemany("UPDATE chunks SET distilled_at = ? WHERE id = ?", [(stamp, i) for i in chunk_ids])
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise

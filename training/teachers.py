@@ -1,0 +1,552 @@
+"""Teachers: who writes the question/answer pairs the small model is fine-tuned on.
+
+    flywheel distill --teacher offline|anthropic|auto [--max-pairs N] [--json]
+
+* `OfflineTeacher` needs no key and no network: it turns a section's own sentences into questions
+  with a small set of rewriting rules (tables, definitions, figures, procedures), so every answer is
+  an extracted sentence and therefore grounded by construction. Deterministic.
+* `AnthropicTeacher` asks Claude for pairs through a forced tool call (structured JSON), sends the
+  section as a prompt-cached block, retries 429/5xx with backoff and accounts tokens and cost.
+
+`load_teacher(settings, "auto")` picks Anthropic when `ANTHROPIC_API_KEY` is set, else offline.
+Both also offer `rewrite(question, passages)`: a better answer to a 👎-voted question (DPO "chosen").
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from agent.grounding import STOPWORDS, content_tokens, extractive_answer, sentences
+from agent.prompts import NOT_FOUND, Passage, format_context
+
+if TYPE_CHECKING:
+    from storage.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class QAPair:
+    question: str
+    answer: str  # clean: no [n] markers (the dataset step adds the marker of the passage's position)
+    reasoning: str = ""
+    chunk_ids: list[str] = field(default_factory=list)  # the supporting chunks
+
+
+@dataclass
+class TeacherUsage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    requests: int = 0
+    cost_usd: float = 0.0
+
+
+class Teacher(Protocol):
+    name: str
+    usage: TeacherUsage
+
+    def pairs_for(self, chunks: list[dict], max_pairs: int) -> list[QAPair]: ...
+
+    def rewrite(self, question: str, passages: Sequence[Passage]) -> str | None: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# offline: rule-based, extractive
+# ---------------------------------------------------------------------------------------------
+class OfflineTeacher:
+    """Deterministic pairs from the chunk text itself (the rules are in `candidates` below)."""
+
+    name = "offline"
+
+    def __init__(self) -> None:
+        self.usage = TeacherUsage()
+
+    def pairs_for(self, chunks: list[dict], max_pairs: int) -> list[QAPair]:
+        out: list[QAPair] = []
+        seen: set[str] = set()
+        for chunk in chunks:
+            for question, answer, rule in candidates(chunk["text"], chunk.get("heading") or "",
+                                                           chunk.get("source") or ""):
+                key = " ".join(sorted(content_tokens(question)))
+                if key in seen:
+                    continue
+                seen.add(key)
+                out.append(QAPair(question, answer, reasoning=f"offline rule: {rule}", chunk_ids=[chunk["id"]]))
+        # Spread the budget over rule kinds (a big table must not crowd out the procedure question).
+        return _round_robin(out, max_pairs)
+
+    def rewrite(self, question: str, passages: Sequence[Passage]) -> str | None:
+        """The passage sentence that best answers the question, cited; NOT_FOUND when none does."""
+        found = extractive_answer(question, passages, min_coverage=0.5, max_sentences=1)
+        if found is None:
+            return NOT_FOUND
+        quote, cited = found
+        text = quote.removeprefix("The documents say: “").rsplit("”", 1)[0].strip()
+        text = strip_bullet(text).rstrip(" .;:")
+        return f"{text} [{cited[0]}]."
+
+
+def _round_robin(pairs: list[QAPair], limit: int) -> list[QAPair]:
+    by_rule: dict[str, list[QAPair]] = {}
+    for pair in pairs:
+        by_rule.setdefault(pair.reasoning, []).append(pair)
+    queues, picked = list(by_rule.values()), []
+    while len(picked) < limit and any(queues):
+        for queue in queues:
+            if queue and len(picked) < limit:
+                picked.append(queue.pop(0))
+    return picked
+
+
+# ---------------------------------------------------------------------------------------------
+# the offline rules: declaratives -> questions, with extracted sentences as answers
+# ---------------------------------------------------------------------------------------------
+_BULLET = re.compile(r"^\s*(?:[-*•]\s+(?:\[[ xX]\]\s+)?|\d{1,2}[.)]\s+)")
+_STEP = re.compile(r"^\s*\d{1,2}[.)]\s+\S", re.M)
+_UNIT = r"(?:business days?|business hours?|minutes?|hours?|days?|weeks?|months?|years?|seconds?|nights?)"
+_WEEKDAY = r"(?:Mondays?|Tuesdays?|Wednesdays?|Thursdays?|Fridays?|Saturdays?|Sundays?)"
+# (question word, pattern of the figure): the first match in a clause decides the question.
+_FIGURES: list[tuple[str, re.Pattern[str]]] = [
+    ("How far in advance", re.compile(rf"\bat least \d+ {_UNIT} (?:before|in advance)\b")),
+    ("How soon", re.compile(rf"\bwithin (?:\d+|one|two|three) {_UNIT}\b")),
+    ("How long", re.compile(rf"\b(?:for (?:the first |up to |at least )?\d+ {_UNIT})\b")),
+    ("When", re.compile(rf"\b(?:every|on) {_WEEKDAY}\b")),
+    ("How often", re.compile(rf"\bevery \d+ {_UNIT}\b")),
+    ("At what rate", re.compile(r"\bat \$[\d,.]+ per \w+")),
+]
+_SUBJECT_AUX = re.compile(r"^(?P<subj>[A-Z][\w`'/ -]{1,60}?) (?P<aux>must|should|can|may|will|is|are|needs to|need to)"
+                          r" (?P<rest>.+)$")
+_SUBJECT_VERB = re.compile(r"^(?P<subj>(?:Each|Every|The|A|An|Our|Your)? ?[A-Z]?[\w`'/ -]{1,40}?) "
+                           r"(?P<verb>lasts|happens|takes|runs|confirms|answers|pages|expires|lists)\b(?P<rest>.*)$")
+_LEADING = re.compile(r"^(When|If|During|After|Before|On|For) ([^,]{3,60}), (.+)$")
+_NO_SUBJECT = {"nobody", "no one", "never", "it", "this", "that", "there", "they", "these", "those", "you", "we"}
+_DETERMINERS = {"the", "a", "an", "each", "every", "all", "any", "our", "your", "their", "no", "this", "it"}
+_DESCRIBES = ("what it does", "what it is for", "description", "definition", "meaning")
+# Imperatives worth asking "how soon / how far in advance should I ...?" about ("Choose hotels within
+# 30 minutes of the site" is a distance, not a deadline: only verbs of doing-by-a-time qualify).
+_IMPERATIVES = frozenset("""acknowledge upload book start install report remove submit claim rotate renew register
+    update pay complete join attend announce respond reply request apply schedule finish publish file return
+    send notify tell confirm cancel change replace""".split())
+# Table cells start with capitals; these first words read better lower-cased inside a sentence.
+_LOWERABLE = STOPWORDS | frozenset("""above under over up your automatically automatic created added request after
+    named once every need-to-know employees""".split())
+
+
+def strip_bullet(text: str) -> str:
+    return _BULLET.sub("", text).replace("**", "").strip()
+
+
+def _lower_first(text: str) -> str:
+    """Lower-case a leading capital unless it starts an acronym or a name like `SEV1` / `GitHub`."""
+    first = text.split(" ")[0] if text else ""
+    if first and first[0].isupper() and (first.lower() in ("a", "an") or (first[1:].islower() and len(first) > 1)):
+        return text[0].lower() + text[1:]
+    return text
+
+
+def _cell_case(text: str) -> str:
+    first = text.split(" ")[0].lower() if text else ""
+    return text[0].lower() + text[1:] if first in _LOWERABLE else text
+
+
+def _topic(heading: str) -> str:
+    leaf = heading.split(" > ")[-1] if heading else ""
+    return _lower_first(re.sub(r"^\d+(?:\.\d+)*\.?\s+", "", leaf).strip())
+
+
+def _sentence(text: str) -> str:
+    text = strip_bullet(text).rstrip(" ;,")
+    return text if text.endswith((".", "!", "?", ")")) else text + "."
+
+
+def _base_verb(word: str) -> str:
+    """`lasts` -> `last`, `happens` -> `happen`, `Submitting` -> `submit`, `Declaring` -> `declare`."""
+    word = word.lower()
+    if word.endswith("ing") and len(word) > 5:
+        stem = word[:-3]
+        if len(stem) > 2 and stem[-1] == stem[-2] and stem[-1] not in "lsz":
+            return stem[:-1]
+        if re.search(r"[aeiou][rvcz]$", stem) or stem.endswith("us"):
+            return stem + "e"
+        return stem
+    if word.endswith(("sses", "shes", "ches", "xes")):
+        return word[:-2]
+    return word[:-1] if word.endswith("s") and not word.endswith("ss") else word
+
+
+def _figure_question(clause: str) -> tuple[str, str] | None:
+    """`Acknowledge a page within 15 minutes` -> `How soon should I acknowledge a page?`."""
+    tail = ""
+    lead = _LEADING.match(clause)
+    if lead:
+        clause, tail = lead.group(3), f" {lead.group(1).lower()} {lead.group(2)}"
+    for word, pattern in _FIGURES:
+        found = pattern.search(clause)
+        if not found:
+            continue
+        before = clause[: found.start()].strip()
+        if (not before or before.endswith(",") or len(before.split()) < 2 or re.search(r"\d|:", before)
+                or re.search(r"\b(that|who|which)\b", before) or before.split()[-1].endswith("ly")):
+            return None  # the figure sits in an aside or a relative clause, or the question would leak numbers
+        first = before.split()[0].lower()
+        if m := _SUBJECT_AUX.match(before):
+            subj = m.group("subj")
+            if subj.lower() in _NO_SUBJECT or len(subj.split()) > 8:
+                return None
+            return f"{word} {m.group('aux')} {_lower_first(subj)} {m.group('rest')}{tail}?", word
+        if m := _SUBJECT_VERB.match(before):
+            subj = m.group("subj").strip()
+            if subj.lower() in _NO_SUBJECT:
+                return None
+            rest = m.group("rest").strip()
+            return f"{word} does {_lower_first(subj)} {_base_verb(m.group('verb'))}{' ' + rest if rest else ''}{tail}?", word
+        if first in _IMPERATIVES:
+            return f"{word} should I {_lower_first(before)}{tail}?", word  # an imperative: "Book flights ..."
+        return None
+    return None
+
+
+def _sentence_pairs(text: str) -> list[tuple[str, str, str]]:
+    out: list[tuple[str, str, str]] = []
+    for raw in sentences(text):
+        if "|" in raw or _STEP.match(raw):
+            continue
+        sent = strip_bullet(raw)
+        words = sent.split()
+        if not 4 <= len(words) <= 45:
+            continue
+        answer = _sentence(sent)
+        if m := re.search(r"(`?[A-Z][\w.-]*`?), our ([a-z][\w -]{3,40}?)(?: at|,|\.|$)", sent):
+            out.append((f"What is {m.group(1)}?", answer, "definition"))
+        if m := re.match(r"We use ([A-Z][\w-]+) for ([\w -]{3,40})\.?$", sent):
+            out.append((f"What do we use for {m.group(2)}?", answer, "definition"))
+        if m := re.match(r"^(?:An? |The )?([\w` -]{3,40}) looks like ", sent):
+            out.append((f"What does {_lower_first(sent.split(' looks like ')[0])} look like?", answer, "definition"))
+        if m := re.match(r"^([A-Z][\w` -]{2,40}?) means ", sent):
+            out.append((f"What does {_lower_first(m.group(1))} mean?", answer, "definition"))
+        elif m := re.match(r"^(The [a-z][\w-]+(?: [a-z][\w-]+)?) (is|are) (?:the|a|an) ", sent):
+            out.append((f"What {m.group(2)} {_lower_first(m.group(1))}?", answer, "definition"))
+        if m := re.search(r"\b(?:an?|the) ((?:[\w-]+ ){0,3}(?:budget|stipend|allowance|fee|cap|limit|gift)) of (?:up to )?\$[\d,.]+", sent):
+            owner = re.match(r"^([A-Z][\w -]{2,30}?) (?:has|have|gets?|receives?) ", sent)
+            who = f" for {_lower_first(owner.group(1))}" if owner else ""
+            out.append((f"How much is the {m.group(1)}{who}?", answer, "figure"))
+            continue
+        for clause in sent.split("; ")[:1]:
+            made = _figure_question(clause.rstrip("."))
+            if made:
+                out.append((made[0], answer, "figure"))
+    return out
+
+
+def _table_pairs(text: str, topic: str) -> list[tuple[str, str, str]]:
+    lines = [ln for ln in text.splitlines() if ln.count("|") >= 1 and not re.fullmatch(r"[\s|:-]+", ln)]
+    if len(lines) < 2:
+        return []
+    cells = lambda line: [c.strip().replace("**", "") for c in line.strip().strip("|").split("|")]  # noqa: E731
+    header, out = cells(lines[0]), []
+    prefix = f"For {topic}, " if topic else ""
+    for line in lines[1:]:
+        row = cells(line)
+        if len(row) != len(header) or not row[0]:
+            continue
+        key = _cell_case(row[0])
+        for col, value in zip(header[1:], row[1:]):
+            name = _lower_first(col)
+            if not value or not name:
+                continue
+            if name.lower() in _DESCRIBES:
+                verb = "do" if "does" in name else "mean"
+                if "is for" in name:
+                    q, a = f"What is {row[0]} for?", f"{row[0]} is for {_lower_first(value)}."
+                elif verb == "mean":
+                    q, a = f"What does {row[0]} mean?", f"{row[0]} means: {value.rstrip('.')}."
+                else:
+                    q, a = f"What does {row[0]} do?", f"{row[0]} {_lower_first(value).rstrip('.')}."
+                out.append((prefix + _lower_first(q), a, "table"))
+                continue
+            if len(value.split()) > 14:
+                continue
+            if m := re.match(r"^(how|when|where|what) you (.+)$", name, re.I):
+                q = f"{m.group(1).capitalize()} do I {m.group(2)} for {row[0]}?".replace("access for", "access to")
+                q, a = q, f"{row[0]}: {value.rstrip('.')}."
+            elif re.match(r"^(who|when|where|how|what) ", name, re.I):
+                joiner = "after" if re.search(rf"\d+ {_UNIT}$", key) else "for"
+                q, a = f"{name[0].upper() + name[1:]} {joiner} {key}?", f"{row[0]}: {value.rstrip('.')}."
+            else:
+                verb = "are" if name.endswith("s") and not name.endswith("ss") else "is"
+                q, a = f"What {verb} the {name} for {key}?", f"The {name} for {key} {verb} {_cell_case(value).rstrip('.')}."
+            out.append((prefix + _lower_first(q), a, "table"))
+    return out
+
+
+def _procedure_question(heading: str) -> str | None:
+    parts = [p for p in heading.split(" > ") if p]
+    if not parts:
+        return None
+    leaf, parent = _topic(heading), _topic(" > ".join(parts[:-1])) if len(parts) > 1 else ""
+    if m := re.match(r"^[Hh]ow to (.+)$", leaf):
+        what = re.sub(r"\b(it|them)$", parent.lower() or r"\1", m.group(1))
+        return f"How do I {what}?"
+    if m := re.match(r"^[Hh]ow (an?|the) (.+) (\w+s)$", leaf):
+        return f"How does {m.group(1)} {m.group(2)} {_base_verb(m.group(3))}?"
+    if m := re.match(r"^[Ww]hat (.+) does$", leaf):
+        return f"What does {m.group(1)} do?"
+    if (first := leaf.split()[0]).lower().endswith("ing") and len(first) > 5:
+        return f"How do I {_base_verb(first)} {' '.join(leaf.split()[1:])}?".replace("  ", " ")
+    if leaf.lower().endswith(("procedure", "process", "steps")):
+        return f"What is the {leaf.lower()}?"
+    return f"What are the steps for {leaf.lower()}?"
+
+
+def _gist(step: str) -> str:
+    """A step's first sentence, or two when the first is only a title ("3. Canary. `shipit` sends ...")."""
+    parts = sentences(step) or [step]
+    gist = " ".join(parts[:2]) if len(parts[0].split()) < 4 else parts[0]
+    return gist.rstrip(".") + "."
+
+
+def _list_pairs(text: str, heading: str) -> list[tuple[str, str, str]]:
+    steps = [strip_bullet(ln) for ln in text.splitlines() if _STEP.match(ln)]
+    checks = [strip_bullet(ln) for ln in text.splitlines() if re.match(r"^\s*- \[[ xX]\]", ln)]
+    out: list[tuple[str, str, str]] = []
+    if len(steps) >= 2 and not re.search(r"\(page \d+\)", text) and (question := _procedure_question(heading)):
+        firsts = [_gist(s) for s in steps[:7]]
+        out.append((question, " ".join(f"{n}. {s}" for n, s in enumerate(firsts, 1)), "procedure"))
+    if len(checks) >= 2 and heading:
+        parts = [_topic(p) for p in heading.split(" > ")]
+        where = f"the {parts[-2].lower()} for {parts[-1].lower()}" if len(parts) > 2 else f"the {parts[-1].lower()} checklist"
+        firsts = [(sentences(s) or [s])[0].rstrip(".") + "." for s in checks[:6]]
+        out.append((f"What is on {where}?", " ".join(firsts), "checklist"))
+    return out
+
+
+def candidates(text: str, heading: str, source: str = "") -> list[tuple[str, str, str]]:
+    """(question, answer, rule) candidates for one chunk; the distill step filters them further."""
+    topic = _topic(heading)
+    found = _list_pairs(text, heading) + _table_pairs(text, topic) + _sentence_pairs(text)
+    section_words = content_tokens(heading)
+    if re.match(r"^(how|what|when|why|who|after|before|questions|the short)\b", topic, re.I):
+        topic = ""  # "For how a deploy progresses, ..." reads worse than no qualifier
+    out = []
+    for question, answer, rule in found:
+        question = re.sub(r"\s+", " ", question).strip()
+        if topic and rule != "table" and not (content_tokens(question) & section_words):
+            # "How much is the gift?" is ambiguous on its own: name the section it comes from.
+            question = f"For {topic}, {_lower_first(question)}"
+        question = question[0].upper() + question[1:]
+        out.append((question, re.sub(r"[ \t]+", " ", answer).strip(), rule))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Anthropic: Claude through a forced tool call
+# ---------------------------------------------------------------------------------------------
+# USD per million tokens (input, output, cache write 5 min, cache read), Anthropic's list prices as
+# of 2025: cache writes cost 1.25x input, cache reads 0.1x input.
+PRICES: dict[str, tuple[float, float, float, float]] = {
+    "claude-sonnet-4-5": (3.00, 15.00, 3.75, 0.30),
+    "claude-sonnet-4": (3.00, 15.00, 3.75, 0.30),
+    "claude-opus-4-1": (15.00, 75.00, 18.75, 1.50),
+    "claude-opus-4": (15.00, 75.00, 18.75, 1.50),
+    "claude-haiku-4-5": (1.00, 5.00, 1.25, 0.10),
+    "claude-3-5-haiku": (0.80, 4.00, 1.00, 0.08),
+}
+
+TOOL = {
+    "name": "record_qa_pairs",
+    "description": "Record question/answer pairs grounded in the given document section.",
+    "input_schema": {
+        "type": "object",
+        "properties": {
+            "pairs": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "question": {"type": "string"},
+                        "answer": {"type": "string"},
+                        "reasoning": {"type": "string"},
+                        "chunk_ids": {"type": "array", "items": {"type": "string"}},
+                    },
+                    "required": ["question", "answer", "chunk_ids"],
+                },
+            }
+        },
+        "required": ["pairs"],
+    },
+}
+
+INSTRUCTIONS = (
+    "You write training data for a small assistant that answers a team's questions from its documents. "
+    "From the document section above, write up to {n} question/answer pairs that a colleague would really "
+    "ask. Rules: each question must make sense on its own, without seeing the section (never say 'this "
+    "section', 'the text', 'the above'); each answer is one or two short sentences that use only facts "
+    "stated in the section, keep its exact numbers and names, and contains no citation markers; "
+    "chunk_ids lists the ids of the chunks that support the answer. Prefer specific facts, limits, "
+    "deadlines, procedures and definitions. Record the pairs with the record_qa_pairs tool."
+)
+
+REWRITE_PROMPT = (
+    "Answer the question using only the numbered passages, in one or two short sentences, citing the "
+    "passage you used like [1]. If they do not contain the answer, reply exactly: \"{nf}\"\n\n"
+    "{context}\n\nQuestion: {question}"
+)
+
+
+def price_of(model: str) -> tuple[float, float, float, float] | None:
+    """Longest matching price-table prefix (`claude-sonnet-4-5-20250929` -> `claude-sonnet-4-5`)."""
+    matches = [name for name in PRICES if model.startswith(name)]
+    return PRICES[max(matches, key=len)] if matches else None
+
+
+def _retryable(exc: BaseException) -> bool:
+    import anthropic
+
+    if isinstance(exc, anthropic.APIStatusError):
+        return exc.status_code == 429 or exc.status_code >= 500
+    return isinstance(exc, anthropic.APIConnectionError)  # includes timeouts
+
+
+def _wait(retry_state: Any) -> float:
+    """Honour `retry-after` when the server sends one (capped), else exponential backoff."""
+    from tenacity import wait_exponential
+
+    exc = retry_state.outcome.exception() if retry_state.outcome else None
+    response = getattr(exc, "response", None)
+    header = response.headers.get("retry-after") if response is not None else None
+    if header:
+        try:
+            return min(float(header), 30.0)
+        except ValueError:
+            pass
+    return wait_exponential(multiplier=1, min=1, max=20)(retry_state)
+
+
+class AnthropicTeacher:
+    """Claude writes the pairs; the section is a cached prompt block so follow-up calls are cheap."""
+
+    def __init__(self, settings: Settings, attempts: int = 4):
+        import anthropic
+
+        key = settings.anthropic_api_key.get_secret_value() if settings.anthropic_api_key else None
+        # max_retries=0: tenacity owns retries, so the attempt count and the backoff are ours.
+        self.client = anthropic.Anthropic(api_key=key, base_url=settings.anthropic_base_url or None, max_retries=0)
+        self.model = settings.teacher_model
+        self.name = f"anthropic:{self.model}"
+        self.usage = TeacherUsage()
+        self.attempts = attempts
+        self._price = price_of(self.model)
+        if self._price is None:
+            log.warning("no price known for teacher model %s: cost will be reported as 0", self.model)
+
+    def _create(self, **request: Any) -> Any:
+        from tenacity import retry, retry_if_exception, stop_after_attempt
+
+        call = retry(retry=retry_if_exception(_retryable), stop=stop_after_attempt(self.attempts),
+                     wait=_wait, reraise=True)(self.client.messages.create)
+        response = call(**request)
+        self._account(getattr(response, "usage", None))
+        return response
+
+    def _account(self, usage: Any) -> None:
+        if usage is None:
+            return
+        fresh = int(getattr(usage, "input_tokens", 0) or 0)
+        out = int(getattr(usage, "output_tokens", 0) or 0)
+        write = int(getattr(usage, "cache_creation_input_tokens", 0) or 0)
+        read = int(getattr(usage, "cache_read_input_tokens", 0) or 0)
+        u = self.usage
+        u.requests += 1
+        u.input_tokens += fresh
+        u.output_tokens += out
+        u.cache_write_tokens += write
+        u.cache_read_tokens += read
+        if self._price:
+            p_in, p_out, p_write, p_read = self._price
+            u.cost_usd += (fresh * p_in + out * p_out + write * p_write + read * p_read) / 1_000_000
+
+    def pairs_for(self, chunks: list[dict], max_pairs: int) -> list[QAPair]:
+        if not chunks or max_pairs <= 0:
+            return []
+        first = chunks[0]
+        document = "\n\n".join(f'<chunk id="{c["id"]}">\n{c["text"].strip()}\n</chunk>' for c in chunks)
+        header = f"Document: {first.get('source')}\nSection: {first.get('heading') or '(top)'}\n\n"
+        response = self._create(
+            model=self.model,
+            max_tokens=2048,
+            tools=[TOOL],
+            tool_choice={"type": "tool", "name": TOOL["name"]},
+            messages=[{
+                "role": "user",
+                "content": [
+                    # The section is the big, repeated part: cache it (re-asks and rewrites reuse it).
+                    {"type": "text", "text": header + document, "cache_control": {"type": "ephemeral"}},
+                    {"type": "text", "text": INSTRUCTIONS.format(n=max_pairs)},
+                ],
+            }],
+        )
+        known = {c["id"] for c in chunks}
+        return _parse_pairs(response, known)[:max_pairs]
+
+    def rewrite(self, question: str, passages: Sequence[Passage]) -> str | None:
+        if not passages:
+            return NOT_FOUND
+        prompt = REWRITE_PROMPT.format(nf=NOT_FOUND, context=format_context(passages), question=question)
+        try:
+            response = self._create(model=self.model, max_tokens=300,
+                                    messages=[{"role": "user", "content": prompt}])
+        except Exception as exc:  # a rewrite is optional: no preference pair rather than a failed build
+            log.warning("teacher rewrite failed: %s", exc)
+            return None
+        text = "".join(getattr(b, "text", "") for b in response.content if getattr(b, "type", "") == "text")
+        return text.strip() or None
+
+
+def _parse_pairs(response: Any, known: set[str]) -> list[QAPair]:
+    """Pairs from the tool call; malformed items and unknown chunk ids are dropped, never fatal."""
+    out: list[QAPair] = []
+    for block in getattr(response, "content", []) or []:
+        if getattr(block, "type", "") != "tool_use":
+            continue
+        payload: Any = block.input
+        if isinstance(payload, str):  # some proxies hand back the JSON as a string
+            try:
+                payload = json.loads(payload)
+            except json.JSONDecodeError:
+                continue
+        items = payload.get("pairs") if isinstance(payload, dict) else None
+        for item in items if isinstance(items, list) else []:
+            if not isinstance(item, dict):
+                continue
+            question, answer = item.get("question"), item.get("answer")
+            ids = [i for i in item.get("chunk_ids") or [] if isinstance(i, str) and i in known]
+            if not (isinstance(question, str) and isinstance(answer, str) and question.strip() and answer.strip()):
+                continue
+            if not ids:
+                continue
+            clean = re.sub(r"\s*\[\d{1,2}\]", "", answer).strip()  # the dataset step adds its own markers
+            out.append(QAPair(question.strip(), clean, str(item.get("reasoning") or ""), ids))
+    return out
+
+
+def load_teacher(settings: Settings, kind: str | None = None) -> Teacher:
+    """`auto`: Anthropic when an API key is configured, else the offline teacher."""
+    kind = kind or settings.teacher
+    if kind == "auto":
+        kind = "anthropic" if settings.anthropic_api_key and settings.anthropic_api_key.get_secret_value() else "offline"
+    if kind == "anthropic":
+        return AnthropicTeacher(settings)
+    if kind == "offline":
+        return OfflineTeacher()
+    raise ValueError(f"unknown teacher {kind!r} (offline | anthropic | auto)")
+
+
+__all__ = ["QAPair", "TeacherUsage", "Teacher", "OfflineTeacher", "AnthropicTeacher", "load_teacher",
+           "PRICES", "price_of"]
