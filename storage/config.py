@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     max_new_tokens: int = 200
     temperature: float = 0.0
     threads: int = Field(0, description="torch threads; 0 = all cores.")
-    anthropic_model: str = "claude-sonnet-4-5"
+    anthropic_model: str = "claude-sonnet-4-6"
     openai_base_url: str = Field("", description="OpenAI-compatible endpoint, e.g. a vLLM server.")
     openai_model: str = ""
     anthropic_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("ANTHROPIC_API_KEY"))
@@ -113,7 +113,7 @@ class Settings(BaseSettings):
     teacher: Literal["auto", "offline", "anthropic"] = Field(
         "auto", description="Who writes Q&A pairs: anthropic when ANTHROPIC_API_KEY is set (auto), else offline rules."
     )
-    teacher_model: str = Field("claude-sonnet-4-5", description="Anthropic model of the teacher.")
+    teacher_model: str = Field("claude-sonnet-4-6", description="Anthropic model of the teacher.")
     heldout_fraction: float = Field(0.2, description="Share of document sections held out of training (by stable hash).")
     max_pairs_per_chunk: int = Field(3, description="Q&A pairs the teacher may write per chunk.")
     distractors: int = Field(2, description="Other retrieved chunks placed next to a pair's own chunk in SFT prompts.")

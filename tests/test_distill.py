@@ -143,7 +143,7 @@ CHUNKS = [
 
 def _tool_message(pairs: Any) -> dict:
     return {
-        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-6",
         "content": [{"type": "tool_use", "id": "toolu_1", "name": "record_qa_pairs", "input": {"pairs": pairs}}],
         "stop_reason": "tool_use", "stop_sequence": None,
         "usage": {"input_tokens": 100, "output_tokens": 50, "cache_creation_input_tokens": 200,
@@ -162,11 +162,11 @@ def test_anthropic_teacher_uses_tool_cache_retries_and_accounts(tmp_path: Path) 
     with _fake_messages([(429, {"retry-after": "0"}, rate_limited), (200, {}, _tool_message(pairs))]) as (url, seen):
         s = Settings(home=tmp_path / "home", anthropic_base_url=url, anthropic_api_key=SecretStr("sk-test"))
         teacher = load_teacher(s, "auto")
-        assert isinstance(teacher, AnthropicTeacher) and teacher.name == "anthropic:claude-sonnet-4-5"
+        assert isinstance(teacher, AnthropicTeacher) and teacher.name == "anthropic:claude-sonnet-4-6"
         out = teacher.pairs_for(CHUNKS, 4)
     assert len(seen) == 2  # the 429 was retried
     body = seen[-1]["body"]
-    assert seen[-1]["path"] == "/v1/messages" and body["model"] == "claude-sonnet-4-5"
+    assert seen[-1]["path"] == "/v1/messages" and body["model"] == "claude-sonnet-4-6"
     assert body["tools"][0]["name"] == "record_qa_pairs" and "pairs" in body["tools"][0]["input_schema"]["properties"]
     assert body["tool_choice"] == {"type": "tool", "name": "record_qa_pairs"}
     blocks = body["messages"][0]["content"]

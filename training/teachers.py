@@ -351,6 +351,8 @@ def candidates(text: str, heading: str, source: str = "") -> list[tuple[str, str
 # USD per million tokens (input, output, cache write 5 min, cache read), Anthropic's list prices as
 # of 2025: cache writes cost 1.25x input, cache reads 0.1x input.
 PRICES: dict[str, tuple[float, float, float, float]] = {
+    # Sonnet 4.6 is assumed to keep the Sonnet tier's list price; costs are estimates, not invoices.
+    "claude-sonnet-4-6": (3.00, 15.00, 3.75, 0.30),
     "claude-sonnet-4-5": (3.00, 15.00, 3.75, 0.30),
     "claude-sonnet-4": (3.00, 15.00, 3.75, 0.30),
     "claude-opus-4-1": (15.00, 75.00, 18.75, 1.50),
