@@ -140,6 +140,7 @@ class FlywheelBot:
         self.admins = parse_list(settings.admin_users)
         self._socket_handler: Any = None
         self._http_server: Any = None
+        self.scheduler: Any = None  # the flywheel's APScheduler, when started (bot/flywheel.py)
 
     def is_admin(self, user_id: str | None) -> bool:
         return bool(user_id) and user_id in self.admins
@@ -184,6 +185,9 @@ class FlywheelBot:
         return self._http_server._server.server_address[1] if self._http_server else None
 
     def close(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=False)
+            self.scheduler = None
         if self._socket_handler is not None:
             self._socket_handler.close()
             self._socket_handler = None

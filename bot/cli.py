@@ -8,6 +8,10 @@ and each command here only maps arguments onto it and renders the result.
     flywheel sources | status [--json] | config
     flywheel eval --qa qa.jsonl --docs docs/ --out results.jsonl [--json]
     flywheel bot [--http] [--port 3000]             # the Slack bot (Socket Mode by default)
+    flywheel distill [--teacher auto] [--max-pairs N] [--json]   # Q&A pairs from new document sections
+    flywheel dataset [--json]                       # SFT/DPO/KTO JSONL from pairs and feedback
+    flywheel train --dataset DIR [--method sft|dpo] [--max-steps N] [--run-id ID]   # new candidate adapter
+    flywheel adapters | promote VERSION [--force] | rollback | gate VERSION --qa heldout.jsonl
 """
 
 from __future__ import annotations
@@ -217,7 +221,11 @@ def bot(
     except ConfigError as exc:
         err.print(f"[red]Cannot start the Slack bot:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
-    err.print(f"Flywheel bot starting ({'HTTP on port %d' % port if http else 'Socket Mode'}) — Ctrl-C stops it.")
+    from bot.flywheel import start_schedule
+
+    next_run = start_schedule(flywheel_bot)
+    err.print(f"Flywheel bot starting ({'HTTP on port %d' % port if http else 'Socket Mode'}) — Ctrl-C stops it."
+              + (f" Next flywheel cycle: {next_run}." if next_run else ""))
     try:
         if http:
             flywheel_bot.run_http(port)
@@ -229,7 +237,174 @@ def bot(
         flywheel_bot.close()
 
 
+# --- training data ------------------------------------------------------------------------------
+@app.command()
+def distill(
+    teacher: Annotated[Optional[str], typer.Option(help="offline | anthropic | auto (default: settings.teacher).")] = None,
+    max_pairs: Annotated[Optional[int], typer.Option("--max-pairs", help="Cap on new pairs this run.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Distill Q&A pairs from new or changed document sections into the training pool."""
+    from storage.db import Store
+    from training.distill import distill as run_distill
+    from training.teachers import load_teacher
+
+    settings = _settings()
+    settings.ensure_dirs()
+    try:
+        chosen = load_teacher(settings, teacher)
+    except ValueError as exc:
+        err.print(f"[red]{escape(str(exc))}[/]")
+        raise typer.Exit(2) from None
+    store = Store(settings.db_path)
+    try:
+        report = run_distill(settings, store, chosen, max_pairs=max_pairs)
+    finally:
+        store.close()
+    if as_json:
+        print(json.dumps(report.as_dict()))
+        return
+    table = Table(title=f"Distilled with {report.teacher}")
+    table.add_column("count")
+    table.add_column("value", justify="right")
+    for key, value in report.as_dict().items():
+        if key not in ("usage", "teacher"):
+            table.add_row(key.replace("_", " "), str(value))
+    usage = report.usage
+    table.add_row("teacher tokens (in/out/cache r/w)",
+                  f"{usage.input_tokens}/{usage.output_tokens}/{usage.cache_read_tokens}/{usage.cache_write_tokens}")
+    table.add_row("teacher cost", f"${usage.cost_usd:.4f}")
+    console.print(table)
+
+
+@app.command()
+def dataset(as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False) -> None:
+    """Write SFT/DPO/KTO JSONL files from distilled pairs and feedback (under <home>/datasets/)."""
+    from storage.knowledge import KnowledgeBase
+    from training.dataset import build_datasets
+    from training.teachers import load_teacher
+
+    settings = _settings()
+    kb = KnowledgeBase(settings)
+    report = build_datasets(settings, kb.store, kb, teacher=load_teacher(settings))
+    if as_json:
+        print(json.dumps(report.as_dict()))
+        return
+    table = Table(title=f"Datasets in {escape(report.out_dir)}")
+    table.add_column("file")
+    table.add_column("rows", justify="right")
+    table.add_column("by source")
+    for name, count in report.files.items():
+        table.add_row(name, str(count), ", ".join(f"{k}: {v}" for k, v in report.sources.get(name, {}).items()))
+    console.print(table)
+    if report.preference_pairs_added:
+        console.print(f"{report.preference_pairs_added} new preference pair(s) stored.")
+
+
 # --- evaluation and demo ------------------------------------------------------------------------
+# --- training and the adapter registry ----------------------------------------------------------
+@app.command()
+def train(
+    dataset_dir: Annotated[Path, typer.Option("--dataset", help="Folder with sft_train.jsonl (and dpo.jsonl).")],
+    method: Annotated[str, typer.Option(help="sft | dpo")] = "sft",
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop after N optimizer steps (default: epochs).")] = None,
+    run_id: Annotated[Optional[str], typer.Option(help="Reuse to resume a crashed run.")] = None,
+) -> None:
+    """Train a LoRA adapter in a separate process and register it as a candidate."""
+    from storage.db import Store
+    from training.train import TrainingError, train_adapter
+
+    settings = _settings()
+    settings.ensure_dirs()
+    store = Store(settings.db_path)
+
+    def show(event: dict) -> None:
+        if event.get("event") == "step":
+            err.print(f"step {event['step']}/{event.get('max_steps')}  loss {event['loss']:.4f}")
+
+    try:
+        record = train_adapter(settings, store, dataset_dir, run_id=run_id, method=method, max_steps=max_steps,
+                               on_event=show, actor="cli")
+    except TrainingError as exc:
+        err.print(f"[red]Training failed:[/] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    console.print(f"{record.version} registered as candidate at {record.path} (final loss {record.final_loss})")
+
+
+@app.command()
+def adapters(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List adapter versions with status, final loss and gate metrics."""
+    from storage.db import Store
+    from training.registry import list_adapters
+
+    records = list_adapters(Store(_settings().db_path))
+    if as_json:
+        print(json.dumps([r.__dict__ for r in records], indent=2, default=str))
+        return
+    table = Table("version", "status", "final loss", "primary", "created", "promoted")
+    for r in records:
+        primary = r.metrics.get("primary")
+        table.add_row(r.version, r.status, f"{r.final_loss:.4f}" if r.final_loss is not None else "",
+                      f"{primary:.3f}" if primary is not None else "", r.created_at[:19], (r.promoted_at or "")[:19])
+    console.print(table)
+
+
+@app.command()
+def promote(
+    version: str,
+    force: Annotated[bool, typer.Option(help="Promote even a version the gate rejected.")] = False,
+) -> None:
+    """Serve VERSION from the next answer on (the running bot swaps without a restart)."""
+    from storage.db import Store
+    from training.registry import RegistryError
+    from training.registry import promote as do_promote
+
+    settings = _settings()
+    try:
+        record = do_promote(settings, Store(settings.db_path), version, "cli", force=force)
+    except RegistryError as exc:
+        err.print(f"[red]{escape(str(exc))}[/]")
+        raise typer.Exit(1) from None
+    console.print(f"{record.version} is now promoted")
+
+
+@app.command()
+def rollback() -> None:
+    """Re-promote the previously promoted adapter (the current one is marked rejected)."""
+    from storage.db import Store
+    from training.registry import RegistryError
+    from training.registry import rollback as do_rollback
+
+    settings = _settings()
+    try:
+        record = do_rollback(settings, Store(settings.db_path), "cli")
+    except RegistryError as exc:
+        err.print(f"[red]{escape(str(exc))}[/]")
+        raise typer.Exit(1) from None
+    console.print(f"rolled back to {record.version}")
+
+
+@app.command()
+def gate(
+    version: str,
+    qa: Annotated[Path, typer.Option(help="Held-out QA JSONL (question, answer/must_include; none = unanswerable).")],
+    apply: Annotated[bool, typer.Option(help="Promote or reject according to the decision.")] = True,
+) -> None:
+    """Evaluate VERSION against the current adapter (or base) and promote it only if it is better."""
+    from agent.evaluate import load_qa
+    from storage.db import Store
+    from storage.knowledge import KnowledgeBase
+    from training.gate import run_gate
+
+    settings = _settings()
+    store = Store(settings.db_path)
+    decision, reports = run_gate(settings, store, KnowledgeBase(settings, store), version, load_qa(qa),
+                                 actor="cli", apply=apply)
+    for name, report in reports.items():
+        console.print(f"{name:9} ({report['label']}): " + "  ".join(f"{k} {v:.3f}" for k, v in report["draft"].items()))
+    console.print(("[green]PROMOTE[/] " if decision.promote else "[red]REJECT[/] ") + escape("; ".join(decision.reasons)))
+
+
 @app.command("eval")
 def evaluate(
     qa: Annotated[Path, typer.Option(help="JSONL: question, answer, must_include, source and/or pages.")],
@@ -270,6 +445,48 @@ def demo(
         result = agent.answer(item["question"], on_token=lambda t: None)
         _print_answer(result)
     console.print("\nTry: [bold]flywheel ask \"…\"[/], [bold]flywheel chat[/], [bold]flywheel status[/]")
+
+
+# --- the flywheel -------------------------------------------------------------------------------
+@app.command()
+def cycle(
+    teacher: Annotated[Optional[str], typer.Option(help="offline | anthropic | auto (default: settings.teacher).")] = None,
+    max_pairs: Annotated[Optional[int], typer.Option("--max-pairs", help="Cap on new distilled pairs.")] = None,
+    force: Annotated[bool, typer.Option(help="Train even when there is little new data.")] = False,
+    max_steps: Annotated[Optional[int], typer.Option(help="Cap training steps (smoke runs).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Run one flywheel cycle now: refresh ingest, distill, datasets, train, evaluate, promote."""
+    from dataclasses import asdict
+
+    from training.cycle import run_cycle
+
+    say = (lambda message: None) if as_json else (lambda message: err.print(f"[dim]{escape(message)}[/]"))
+    result = run_cycle(_settings(), trigger="command", teacher_kind=teacher, max_pairs=max_pairs, force=force,
+                       max_steps=max_steps, on_progress=say)
+    if as_json:
+        print(json.dumps(asdict(result), default=str))
+    else:
+        console.print(result.summary())
+    if result.status in ("failed", "busy"):
+        raise typer.Exit(1)
+
+
+@app.command()
+def scheduler() -> None:
+    """Run the flywheel schedule in the foreground (FLYWHEEL_CYCLE_CRON); the bot runs it too."""
+    from training.scheduler import build_scheduler, start
+
+    settings = _settings()
+    sched = build_scheduler(settings, blocking=True)
+    if sched is None:
+        err.print("FLYWHEEL_CYCLE_CRON is empty: nothing to schedule.")
+        raise typer.Exit(2)
+    console.print(f"Flywheel cycles on '{settings.cycle_cron}'. Ctrl-C stops.")
+    try:
+        start(sched, settings)
+    except (KeyboardInterrupt, SystemExit):
+        pass
 
 
 if __name__ == "__main__":

@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 from agent.status import collect_status
 from bot.app import BUSY
+from bot.flywheel import training_command
 
 if TYPE_CHECKING:
     from bot.app import FlywheelBot
 
 log = logging.getLogger(__name__)
 
-TRAINING_UNAVAILABLE = "Training isn't available yet — it arrives with the data flywheel."
 REFUSED = "Sorry, only Flywheel admins can run `{command} {sub}`. Ask an admin, or try `{command} help`."
 WORKING = "Working on it…"
 SUBCOMMANDS: dict[str, str] = {
@@ -41,13 +41,6 @@ SUBCOMMANDS: dict[str, str] = {
 }
 PUBLIC = {"help", "status"}
 TRAINING = {"retrain", "eval", "promote", "rollback"}
-
-
-def training_command(name: str, args: list[str]) -> str:
-    """The training subcommands' entry point; the data-flywheel work replaces this body.
-
-    Runs on a worker thread; returns the mrkdwn reply shown to the admin."""
-    return TRAINING_UNAVAILABLE
 
 
 def help_text(command: str) -> str:
@@ -122,7 +115,9 @@ def register_commands(bot: FlywheelBot) -> None:
         else:
             ack(text=WORKING)
             job: Callable[[], str] = (
-                (lambda: ingest_text(bot, args)) if sub == "ingest" else (lambda: training_command(sub, args))
+                (lambda: ingest_text(bot, args))
+                if sub == "ingest"
+                else (lambda: training_command(bot, sub, args, user, respond))
             )
             if not bot.pool.submit(_run_and_respond, job, respond, sub):
                 respond(text=BUSY)

@@ -107,6 +107,13 @@ class Settings(BaseSettings):
     promote_margin: float = Field(0.02, description="A candidate must beat the current adapter by this much to be promoted.")
     guard_tolerance: float = Field(0.02, description="Largest allowed drop of a guard metric (groundedness, citations, refusals).")
     min_new_pairs: int = Field(8, description="Fewer new training pairs than this and a retrain is skipped.")
+    gate_max_items: int = Field(24, description="Held-out questions the gate asks each adapter (CPU time).")
+    gate_max_new_tokens: int = Field(96, description="Answer length cap while the gate evaluates.")
+    cycle_cron: str = Field(
+        "0 3 * * sun",
+        description="When the scheduler runs a cycle (crontab; use day names: APScheduler counts 0 as Monday); "
+        "empty = never.",
+    )
     min_dpo_pairs: int = Field(32, description="Preference pairs needed before a DPO stage runs after SFT.")
 
     # --- distillation and datasets ----------------------------------------------------------------

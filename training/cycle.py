@@ -1,0 +1,231 @@
+"""One turn of the flywheel: refresh ingest → distill → datasets → train → evaluate → promote.
+
+    flywheel cycle [--teacher offline|anthropic] [--max-pairs 64] [--force]
+
+The same function runs from the CLI, the Slack `/flywheel retrain` command and the scheduler.
+Never two cycles at once, even across processes (a file lock the OS releases if a process dies);
+every run is a `training_runs` row with its status, stage durations, counts and error; a crash
+anywhere leaves serving untouched (only the gate promotes), and the next run marks the crashed
+run as failed before starting its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from storage.config import Settings
+from storage.db import Store, new_id, now
+from storage.knowledge import KnowledgeBase
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class CycleResult:
+    run_id: str | None
+    status: str  # succeeded | skipped | failed | busy
+    stage: str | None = None
+    durations: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, Any] = field(default_factory=dict)
+    adapter_version: str | None = None
+    promoted: bool = False
+    reasons: list[str] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    def summary(self) -> str:
+        """One line for Slack and the terminal."""
+        if self.status == "busy":
+            return "A flywheel cycle is already running; not starting another."
+        if self.status == "skipped":
+            return f"Cycle skipped: {'; '.join(self.reasons)}"
+        if self.status == "failed":
+            return f"Cycle failed during {self.stage}: {self.error}. Serving is unchanged."
+        verdict = "promoted" if self.promoted else "not promoted"
+        why = f" ({'; '.join(self.reasons)})" if self.reasons else ""
+        total = sum(self.durations.values())
+        return f"Cycle done in {total / 60:.1f} min: adapter {self.adapter_version} {verdict}{why}."
+
+
+def cycle_lock(settings: Settings):
+    from filelock import FileLock
+
+    settings.ensure_dirs()
+    return FileLock(str(settings.home / "cycle.lock"))
+
+
+def heldout_questions(store: Store, limit: int, seed: int = 0) -> list[dict[str, Any]]:
+    """The fixed held-out distilled pairs (never trained on), a stable sample of at most `limit`."""
+    rows = store.query("SELECT id, question, answer FROM qa_pairs WHERE split = 'heldout' ORDER BY id")
+    random.Random(seed).shuffle(rows)
+    return [{"id": r["id"], "question": r["question"], "answer": r["answer"]} for r in rows[:limit]]
+
+
+TRAINED_UNTIL_KEY = "trained_data_until"  # when the data of the last completed training was gathered
+
+
+def _new_training_signal(store: Store) -> dict[str, int]:
+    """Train pairs and votes that arrived after the data of the last completed training was gathered."""
+    since = store.get_kv(TRAINED_UNTIL_KEY) or ""
+    pairs = store.scalar("SELECT COUNT(*) FROM qa_pairs WHERE split = 'train' AND created_at > ?", (since,)) or 0
+    votes = store.scalar("SELECT COUNT(*) FROM feedback WHERE vote != 0 AND updated_at > ?", (since,)) or 0
+    return {"new_pairs": pairs, "new_votes": votes}
+
+
+def _close_stale_runs(store: Store) -> int:
+    """Runs still marked 'running' while we hold the lock were interrupted (crash, kill, reboot)."""
+    stale = store.query("SELECT id FROM training_runs WHERE status = 'running'")
+    for row in stale:
+        store.db["training_runs"].update(
+            row["id"], {"status": "failed", "error": "interrupted (process ended mid-cycle)", "finished_at": now()}
+        )
+    return len(stale)
+
+
+def run_cycle(
+    settings: Settings,
+    store: Store | None = None,
+    *,
+    trigger: str = "command",
+    teacher_kind: str | None = None,
+    max_pairs: int | None = None,
+    force: bool = False,
+    max_steps: int | None = None,
+    on_progress: Progress | None = None,
+    qa_extra: list[dict[str, Any]] | None = None,
+) -> CycleResult:
+    """Run one cycle now, or return status 'busy' at once if another is running anywhere."""
+    from filelock import Timeout
+
+    store = store or Store(settings.db_path)
+    say = on_progress or (lambda message: log.info("%s", message))
+    lock = cycle_lock(settings)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return CycleResult(run_id=None, status="busy")
+    try:
+        return _run_locked(settings, store, trigger, teacher_kind, max_pairs, force, max_steps, say, qa_extra)
+    finally:
+        lock.release()
+
+
+def _run_locked(settings, store, trigger, teacher_kind, max_pairs, force, max_steps, say, qa_extra) -> CycleResult:
+    from training.dataset import build_datasets
+    from training.distill import distill
+    from training.gate import run_gate
+    from training.teachers import load_teacher
+    from training.train import train_adapter
+
+    stale = _close_stale_runs(store)
+    run_id = new_id()
+    result = CycleResult(run_id=run_id, status="running")
+    store.db["training_runs"].insert({"id": run_id, "trigger": trigger, "status": "running", "stage": "start",
+                                      "started_at": now()})
+    if stale:
+        say(f"Marked {stale} interrupted run(s) as failed.")
+    kb = KnowledgeBase(settings, store)
+
+    def stage(name: str) -> None:
+        result.stage = name
+        store.db["training_runs"].update(run_id, {"stage": name})
+
+    def timed(name: str, fn: Callable[[], Any]) -> Any:
+        stage(name)
+        say(f"{name}…")
+        started = time.perf_counter()
+        value = fn()
+        result.durations[name] = round(time.perf_counter() - started, 1)
+        return value
+
+    try:
+        paths = [Path(d["path"]) for d in store.query("SELECT path FROM documents WHERE status != 'failed'")]
+        ingest = timed("ingest", lambda: kb.ingest([p for p in paths if p.exists()]))
+        result.counts["ingest"] = {s: ingest.count(s) for s in ("added", "updated", "unchanged", "failed")}
+
+        teacher = load_teacher(settings, teacher_kind)
+        report = timed("distill", lambda: distill(settings, store, teacher, max_pairs=max_pairs))
+        result.counts["distill"] = {k: v for k, v in asdict(report).items() if not isinstance(v, dict)}
+        result.counts["teacher_usage"] = asdict(teacher.usage)
+
+        signal = _new_training_signal(store)
+        result.counts.update(signal)
+        if not force and signal["new_pairs"] < settings.min_new_pairs and signal["new_votes"] == 0:
+            result.status = "skipped"
+            result.reasons = [f"{signal['new_pairs']} new training pairs and no new votes "
+                              f"(need {settings.min_new_pairs}; --force to train anyway)"]
+            return _finish(store, result)
+
+        data_cutoff = now()
+        data = timed("dataset", lambda: build_datasets(settings, store, kb, teacher=teacher))
+        result.counts["dataset"] = data.files
+
+        adapter = timed("train", lambda: train_adapter(settings, store, data.out_dir, run_id=run_id,
+                                                       max_steps=max_steps, actor=trigger,
+                                                       on_event=_train_progress(say)))
+        if data.files.get("dpo.jsonl", 0) >= settings.min_dpo_pairs:
+            adapter = timed("train_dpo", lambda: train_adapter(
+                settings, store, data.out_dir, run_id=f"{run_id}-dpo", method="dpo", max_steps=max_steps,
+                init_adapter=adapter.path, actor=trigger))
+        result.adapter_version = adapter.version
+        store.db["training_runs"].update(run_id, {"adapter_version": adapter.version})
+
+        qa = heldout_questions(store, settings.gate_max_items) + list(qa_extra or [])
+        if not qa:
+            raise RuntimeError("no held-out questions to evaluate on (distill some documents first)")
+        gate_settings = settings.model_copy(update={"max_new_tokens": settings.gate_max_new_tokens})
+        decision, reports = timed("evaluate", lambda: run_gate(gate_settings, store, kb, adapter.version, qa,
+                                                               actor=trigger, include_base=False))
+        result.promoted, result.reasons = decision.promote, list(decision.reasons)
+        store.set_kv(TRAINED_UNTIL_KEY, data_cutoff)  # promoted or not, this data has been learned from
+        result.metrics = {name: {k: v for k, v in report.items() if isinstance(v, (int, float))}
+                          for name, report in reports.items()}
+        result.status = "succeeded"
+        say(result.summary())
+        return _finish(store, result)
+    except Exception as exc:
+        log.exception("flywheel cycle %s failed in %s", run_id, result.stage)
+        result.status, result.error = "failed", f"{type(exc).__name__}: {exc}"
+        store.db["training_runs"].update(run_id, {"error": traceback.format_exc()[-4000:]})
+        say(result.summary())
+        return _finish(store, result, keep_error=True)
+
+
+def _finish(store: Store, result: CycleResult, keep_error: bool = False) -> CycleResult:
+    update: dict[str, Any] = {
+        "status": result.status,
+        "finished_at": now(),
+        "durations": json.dumps(result.durations),
+        "counts": json.dumps(result.counts, default=str),
+        "metrics": json.dumps({"promoted": result.promoted, "reasons": result.reasons, **result.metrics}),
+    }
+    if not keep_error:
+        update["error"] = result.error
+    store.db["training_runs"].update(result.run_id, update)
+    return result
+
+
+def _train_progress(say: Progress) -> Callable[[dict[str, Any]], None]:
+    """Relay about ten progress lines per training run (Slack threads shouldn't get one per step)."""
+    state = {"last": -1}
+
+    def relay(event: dict[str, Any]) -> None:
+        if event.get("event") != "step" or not event.get("max_steps"):
+            return
+        tenth = int(10 * event["step"] / event["max_steps"])
+        if tenth > state["last"]:
+            state["last"] = tenth
+            loss = event.get("loss")
+            say(f"training step {event['step']}/{event['max_steps']}" + (f", loss {loss:.3f}" if loss else ""))
+
+    return relay

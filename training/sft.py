@@ -1,0 +1,393 @@
+"""LoRA supervised fine-tuning recipe: one file, one process, one RUN.json.
+
+    python -m training.sft --config RUN.json
+    accelerate launch -m training.sft --config RUN.json     # several GPUs: unchanged recipe
+
+RUN.json (see `RunConfig`; `training.train.train_adapter` writes it):
+
+    {"model": "/home/me/.flywheel/models/SmolLM2-135M-Instruct",
+     "train_file": "/home/me/.flywheel/datasets/20250101/sft_train.jsonl",
+     "output_dir": "/home/me/.flywheel/adapters/v0003",
+     "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "learning_rate": 2e-4,
+     "epochs": 3, "max_steps": -1, "batch_size": 4, "grad_accum": 1, "max_seq_len": 768}
+
+Data: trl conversational prompt-completion JSONL (`prompt` = system + user messages built by
+agent.prompts, `completion` = the assistant message). The loss covers completion tokens only.
+
+Why the settings differ from trl's defaults (all measured on a 2-core CPU without bf16 units):
+  * fp32, not bf16 — without AVX512-bf16/AMX, bf16 matmuls are emulated and several times slower;
+  * no gradient checkpointing — it recomputes activations to save memory we don't lack;
+  * no padding: on CPU one example per forward, accumulated to `batch_size` — with no attention
+    mask SDPA uses its fused causal kernel, while any mask (padding, or the block mask of packed
+    rows) falls back to the math path that keeps a seq² attention matrix per layer for backward;
+    on CUDA, best-fit-decreasing packing (padding-free, flash-attention varlen) instead;
+  * the LM head runs on completion positions only (`completion_logits_trainer`): the prompt's
+    logits are discarded by the completion-only loss anyway, and the 49k-word head is the biggest
+    matmul of a 135M model;
+  * torch threads = cores, dataloader workers 0 (worker processes only steal the cores);
+  * learning rate 2e-4, the usual LoRA rate (trl's 2e-5 is for full fine-tuning).
+On CUDA the recipe switches to QLoRA (4-bit nf4 via bitsandbytes) and bf16.
+
+Robustness: checkpoints every `save_steps` (keeping `save_total_limit`), and a rerun of the same
+RUN.json resumes from the last one. `FLYWHEEL_TRAIN_CRASH_AFTER_STEP=N` kills the process (SIGKILL,
+like the OOM killer) right after checkpoint N is written — for tests of exactly that.
+Progress goes to a tqdm bar on stderr and, one JSON line per step prefixed with `FLYWHEEL `, to
+stdout for the parent process; the loss curve is appended to `losses.jsonl` in the output dir.
+The finished adapter folder holds the adapter, the tokenizer with its chat template pinned, and
+`flywheel.json` (base model, data counts, config, final loss, tokens/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CRASH_ENV = "FLYWHEEL_TRAIN_CRASH_AFTER_STEP"
+EVENT_PREFIX = "FLYWHEEL "  # stdout lines the parent parses; everything else is log text
+
+
+@dataclass
+class RunConfig:
+    """Everything one training run needs; serialised as RUN.json next to the run's output."""
+
+    model: str
+    train_file: str
+    output_dir: str
+    eval_file: str | None = None
+    init_adapter: str | None = None  # continue from this adapter (DPO after SFT) instead of a fresh LoRA
+    method: str = "sft"  # sft | dpo
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    learning_rate: float = 2e-4
+    epochs: float = 3
+    max_steps: int = -1  # > 0 overrides epochs
+    batch_size: int = 4
+    grad_accum: int = 1
+    max_seq_len: int = 768
+    threads: int = 0  # 0 = all cores
+    packing: bool | None = None  # None = auto: on CUDA (varlen flash attention), off on CPU
+    save_steps: int = 50
+    save_total_limit: int = 2
+    keep_checkpoints: bool = False  # delete checkpoints/ after a successful run
+    seed: int = 42
+    dpo_beta: float = 0.1
+    sft_weight: float = 1.0  # DPO: weight of the SFT (NLL on chosen) term, the old `rpo_alpha`
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form provenance (run id, data counts)
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunConfig:
+        data = json.loads(Path(path).read_text())
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:  # a typo in RUN.json must not silently train with a default
+            raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
+        return cls(**data)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2))
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return Path(self.output_dir) / "checkpoints"
+
+
+def emit(event: str, **fields: Any) -> None:
+    """One machine-readable progress line for the parent process (only from the main process)."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(EVENT_PREFIX + json.dumps({"event": event, **fields}), flush=True)
+
+
+def set_threads(threads: int) -> int:
+    import torch
+
+    n = threads if threads > 0 else (os.cpu_count() or 1)
+    torch.set_num_threads(n)
+    return n
+
+
+def load_tokenizer(model_path: str) -> Any:
+    """The base tokenizer with the chat template pinned: the adapter must be served with the exact
+    template it was trained with (a mismatch makes LoRA models ramble without stopping)."""
+    from transformers import AutoTokenizer
+
+    from agent.models import CHATML_TEMPLATE
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=Path(model_path).exists())
+    if not tokenizer.chat_template:
+        tokenizer.chat_template = CHATML_TEMPLATE
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_base(model_path: str) -> tuple[Any, bool]:
+    """A freshly loaded base model (never the serving one): fp32 on CPU, 4-bit nf4 on CUDA when
+    bitsandbytes is installed. Returns (model, quantized)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    local = Path(model_path).exists()
+    if torch.cuda.is_available():
+        try:
+            from transformers import BitsAndBytesConfig
+
+            import bitsandbytes  # noqa: F401  (only its presence matters)
+        except ImportError:
+            bitsandbytes = None
+        if bitsandbytes is not None:
+            from peft import prepare_model_for_kbit_training
+
+            quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                       bnb_4bit_compute_dtype=torch.bfloat16)
+            model = AutoModelForCausalLM.from_pretrained(model_path, quantization_config=quant, local_files_only=local,
+                                                         device_map={"": int(os.environ.get("LOCAL_RANK", "0"))})
+            return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False), True
+        return AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16, local_files_only=local), False
+    return AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, local_files_only=local), False
+
+
+def load_jsonl(path: str, columns: tuple[str, ...]) -> Any:
+    """A datasets.Dataset with only `columns` (ids/sources stay in the file, not in the batches)."""
+    from datasets import load_dataset
+
+    dataset = load_dataset("json", data_files=str(path), split="train")
+    missing = [c for c in columns if c not in dataset.column_names]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing} (have {dataset.column_names})")
+    if len(dataset) == 0:
+        raise ValueError(f"{path}: no examples")
+    return dataset.select_columns(list(columns))
+
+
+def common_args(cfg: RunConfig, cuda: bool) -> dict[str, Any]:
+    """TrainingArguments shared by SFT and DPO, with trl's GPU-minded defaults undone for CPU."""
+    return dict(
+        output_dir=str(cfg.checkpoints_dir),
+        use_cpu=not cuda,
+        bf16=cuda,  # trl defaults to bf16=True; on this CPU that is several times slower
+        fp16=False,
+        gradient_checkpointing=False,  # trl defaults to True; it only trades time for memory we have
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps if cfg.max_steps and cfg.max_steps > 0 else -1,
+        # On CPU: one example per forward, accumulated to the same effective batch. Without padding
+        # there is no attention mask, so SDPA takes its fused causal kernel; any mask (padding, or the
+        # block mask of packed rows) drops it to the math path, which stores a seq² attention matrix
+        # per layer for backward (packed 4×768 rows measured ~30 tokens/s on the 135M model).
+        per_device_train_batch_size=cfg.batch_size if cuda else 1,
+        gradient_accumulation_steps=cfg.grad_accum if cuda else cfg.batch_size * cfg.grad_accum,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.03,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        report_to="none",
+        dataloader_num_workers=0,  # workers would compete with torch for the same two cores
+        seed=cfg.seed,
+        disable_tqdm=False,
+    )
+
+
+def lora_config(cfg: RunConfig) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules="all-linear", task_type="CAUSAL_LM")
+
+
+def make_callback(output_dir: Path) -> Any:
+    """Loss curve to losses.jsonl, progress lines to stdout, tokens/s, and the simulated crash.
+
+    The class is defined here so that importing this module (train.py reads RunConfig from it in
+    the bot's process) doesn't import transformers.
+    """
+    from transformers import TrainerCallback
+
+    class _Callback(TrainerCallback):
+        def __init__(self, output_dir: Path) -> None:
+            self.losses_path = output_dir / "losses.jsonl"
+            self.crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
+            self.started = 0.0
+            self.first_tokens = 0
+            self.first_step = 0
+            self.last_loss: float | None = None
+
+        def on_train_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            self.started = time.perf_counter()
+            self.first_step, self.first_tokens = state.global_step, state.num_input_tokens_seen
+            if state.global_step:
+                emit("resumed", step=state.global_step)
+            emit("start", step=state.global_step, max_steps=state.max_steps)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):  # type: ignore[no-untyped-def]
+            if not state.is_world_process_zero or not logs or "loss" not in logs:
+                return
+            self.last_loss = float(logs["loss"])
+            row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "loss": self.last_loss,
+                   "lr": logs.get("learning_rate"), "tokens": state.num_input_tokens_seen,
+                   "time": round(time.perf_counter() - self.started, 2)}
+            row.update({k: logs[k] for k in ("rewards/accuracies", "rewards/margins") if k in logs})
+            with self.losses_path.open("a") as sink:
+                sink.write(json.dumps(row) + "\n")
+            emit("step", max_steps=state.max_steps, **row)
+
+        def on_save(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            emit("checkpoint", step=state.global_step)
+            if self.crash_after and state.global_step >= self.crash_after:
+                emit("crash", step=state.global_step, reason=f"{CRASH_ENV}={self.crash_after}")
+                sys.stdout.flush()
+                os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, exactly like the OOM killer
+
+        def throughput(self, state: Any) -> dict[str, float]:
+            elapsed = max(time.perf_counter() - self.started, 1e-9)
+            tokens = state.num_input_tokens_seen - self.first_tokens
+            return {"train_seconds": round(elapsed, 2), "tokens": int(tokens),
+                    "tokens_per_second": round(tokens / elapsed, 1),
+                    "steps_this_session": state.global_step - self.first_step}
+
+    return _Callback(output_dir)
+
+
+def last_checkpoint(cfg: RunConfig) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    folder = cfg.checkpoints_dir
+    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+
+
+def completion_logits_trainer(base: type) -> type:
+    """`base` (SFTTrainer) with a loss that runs the LM head on trained positions only.
+
+    With completion-only loss, ~80% of the tokens are prompt (instructions + retrieved passages)
+    whose logits are thrown away — yet the 49k-word LM head is the largest single matmul of a 135M
+    model, and trl's chunked log-prob kernel computes it for every position. Passing the trained
+    positions as `logits_to_keep` computes the same loss (mean NLL over completion tokens) for a
+    fraction of the cost. Measured: see bench/train_speed.py.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    class CompletionLogitsTrainer(base):  # type: ignore[misc, valid-type]
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[no-untyped-def]
+            labels = inputs["labels"]
+            # Position t predicts token t+1; shift once here, as the model's own loss would.
+            targets = F.pad(labels, (0, 1), value=-100)[:, 1:]
+            trained = targets != -100
+            # One index set for the whole batch (padding-free batches are a single row anyway).
+            positions = trained.any(dim=0).nonzero().flatten()
+            if positions.numel() == 0:
+                positions = torch.zeros(1, dtype=torch.long, device=labels.device)
+            forward = {k: v for k, v in inputs.items() if k != "labels"}
+            outputs = model(**forward, use_cache=False, logits_to_keep=positions)
+            logits = outputs.logits.float()
+            picked = targets[:, positions]
+            total = F.cross_entropy(logits.reshape(-1, logits.size(-1)), picked.reshape(-1),
+                                    ignore_index=-100, reduction="sum")
+            count = num_items_in_batch if num_items_in_batch is not None else trained.sum()
+            loss = total / torch.as_tensor(count, device=total.device).clamp(min=1)
+            return (loss, outputs) if return_outputs else loss
+
+    return CompletionLogitsTrainer
+
+
+def build_trainer(cfg: RunConfig) -> tuple[Any, Any, dict[str, Any]]:
+    """The SFTTrainer for `cfg` (also used by tests to inspect collated batches)."""
+    import torch
+    from trl import SFTConfig, SFTTrainer
+
+    cuda = torch.cuda.is_available()
+    tokenizer = load_tokenizer(cfg.model)
+    model, quantized = load_base(cfg.model)
+    train = load_jsonl(cfg.train_file, ("prompt", "completion"))
+    packing = cuda if cfg.packing is None else cfg.packing
+    args = SFTConfig(
+        **common_args(cfg, cuda),
+        max_length=cfg.max_seq_len,
+        completion_only_loss=True,  # prompt tokens carry label -100: learn to answer, not to echo contexts
+        # Packing with best-fit decreasing implies padding-free batches; transformers derives the
+        # per-example attention blocks from position_ids, so packed examples can't see each other.
+        packing=packing,
+        packing_strategy="bfd",
+        # Without packing, batch examples of similar length so little is padded (GPU batches).
+        train_sampling_strategy="group_by_length" if not packing and cuda else "random",
+        include_num_input_tokens_seen="all" if packing else "non_padding",
+        dataset_num_proc=None,
+    )
+    callback = make_callback(Path(cfg.output_dir))
+    if cfg.init_adapter:  # continue training an existing adapter (its own LoRA shape wins)
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, cfg.init_adapter, is_trainable=True)
+        peft_config = None
+    else:
+        peft_config = lora_config(cfg)
+    trainer = completion_logits_trainer(SFTTrainer)(
+        model=model, args=args, train_dataset=train, processing_class=tokenizer, peft_config=peft_config,
+        callbacks=[callback])
+    info = {"train_examples": len(train), "quantized": quantized, "device": "cuda" if cuda else "cpu"}
+    return trainer, callback, info
+
+
+def finish(cfg: RunConfig, trainer: Any, callback: Any, info: dict[str, Any], resumed_from: str | None) -> dict[str, Any]:
+    """Save adapter + tokenizer + flywheel.json into output_dir; return the summary."""
+    out = Path(cfg.output_dir)
+    trainer.save_model(str(out))  # adapter_config.json + adapter_model.safetensors (main process only)
+    summary: dict[str, Any] = {}
+    if trainer.is_world_process_zero():
+        trainer.processing_class.save_pretrained(str(out))  # tokenizer + the pinned chat template
+        summary = {
+            "base_model": cfg.model,
+            "method": cfg.method,
+            "data_counts": {**cfg.extra.get("data_counts", {}), **{k: v for k, v in info.items() if k.endswith("examples")}},
+            "config": dataclasses.asdict(cfg),
+            "final_loss": callback.last_loss,
+            "global_step": trainer.state.global_step,
+            "resumed_from": resumed_from,
+            "device": info.get("device"),
+            "quantized": info.get("quantized"),
+            **callback.throughput(trainer.state),
+        }
+        (out / "flywheel.json").write_text(json.dumps(summary, indent=2))
+        if not cfg.keep_checkpoints:
+            shutil.rmtree(cfg.checkpoints_dir, ignore_errors=True)
+        emit("done", **{k: summary[k] for k in ("final_loss", "global_step", "tokens_per_second", "resumed_from")})
+    return summary
+
+
+def run(cfg: RunConfig) -> dict[str, Any]:
+    """Train (resuming from the last checkpoint if one exists) and save. Returns the summary."""
+    from storage.hub import quiet_libraries
+
+    quiet_libraries()
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    threads = set_threads(cfg.threads)
+    trainer, callback, info = build_trainer(cfg)
+    resume = last_checkpoint(cfg)
+    emit("config", threads=threads, resume_from=resume, **info)
+    trainer.train(resume_from_checkpoint=resume)
+    return finish(cfg, trainer, callback, info, resume)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="RUN.json")
+    cfg = RunConfig.load(parser.parse_args(argv).config)
+    if cfg.method != "sft":
+        raise SystemExit(f"RUN.json method is {cfg.method!r}; run it with python -m training.{cfg.method}")
+    run(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

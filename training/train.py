@@ -1,0 +1,253 @@
+"""Train a new adapter version in a separate process and register it as a candidate.
+
+    flywheel train --dataset ~/.flywheel/datasets/latest [--method sft|dpo] [--max-steps N]
+
+    from training.train import train_adapter
+    record = train_adapter(settings, store, dataset_dir)          # -> AdapterRecord(version="v0004", ...)
+
+Why a subprocess: training must start from a freshly loaded base model, never the one serving
+answers (its weights may carry a hot-swapped adapter, and on CPU bitsandbytes/inference paths
+leave state that silently corrupts gradients — see the stack notes). A separate process also
+means a crash or an OOM kill takes down the run, not the bot, and memory is returned afterwards.
+
+The run's folder is the adapter's folder: `adapters/vNNNN/` holds RUN.json, train.log,
+losses.jsonl, checkpoints/ while training, and finally the adapter + tokenizer + flywheel.json.
+Calling `train_adapter` again with the same `run_id` after a crash reuses that folder and the
+recipe resumes from its last checkpoint.
+
+Several GPUs: run the same recipe under accelerate, unchanged:
+    accelerate launch -m training.sft --config ~/.flywheel/adapters/v0004/RUN.json
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from agent.models import resolve_model
+from storage.config import Settings
+from storage.db import Store, new_id
+from training.registry import AdapterRecord, next_version, register
+from training.sft import EVENT_PREFIX, RunConfig
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DATA_FILES = {"sft": "sft_train.jsonl", "dpo": "dpo.jsonl"}
+STALL_SECONDS = 1800.0  # no output at all for this long = hung (a real step takes seconds)
+
+
+class TrainingError(RuntimeError):
+    """A training run that did not produce an adapter; the message ends with the log tail."""
+
+
+def count_lines(path: Path) -> int:
+    if not path.is_file():
+        return 0
+    with path.open() as handle:
+        return sum(1 for line in handle if line.strip())
+
+
+def data_counts(dataset_dir: Path) -> dict[str, int]:
+    """Examples per file of a dataset folder (what the adapter was trained and judged on)."""
+    names = {"sft_train": "sft_train.jsonl", "sft_heldout": "sft_heldout.jsonl", "dpo": "dpo.jsonl"}
+    return {key: count_lines(dataset_dir / name) for key, name in names.items()}
+
+
+def _run_dir_for(settings: Settings, store: Store, run_id: str) -> tuple[str, Path]:
+    """The folder of an earlier, unfinished attempt of `run_id` (to resume), else a fresh version."""
+    if settings.adapters_dir.is_dir():
+        for folder in sorted(settings.adapters_dir.iterdir()):
+            run_json = folder / "RUN.json"
+            if run_json.is_file() and store.adapter(folder.name) is None:
+                try:
+                    extra = json.loads(run_json.read_text()).get("extra", {})
+                except ValueError:
+                    continue
+                if extra.get("run_id") == run_id:
+                    return folder.name, folder
+    version = next_version(settings, store)
+    folder = settings.adapters_dir / version
+    folder.mkdir(parents=True, exist_ok=False)  # exist_ok=False: two runs never share a version
+    return version, folder
+
+
+def build_run_config(
+    settings: Settings, dataset_dir: Path, output_dir: Path, *, method: str, run_id: str,
+    max_steps: int | None, init_adapter: str | None, counts: dict[str, int],
+) -> RunConfig:
+    return RunConfig(
+        model=resolve_model(settings),
+        train_file=str(dataset_dir / DATA_FILES[method]),
+        output_dir=str(output_dir),
+        init_adapter=init_adapter,
+        method=method,
+        lora_r=settings.lora_r,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=settings.lora_dropout,
+        learning_rate=settings.learning_rate if method == "sft" else settings.learning_rate / 4,
+        epochs=settings.epochs if method == "sft" else 1,
+        max_steps=max_steps or -1,
+        batch_size=settings.batch_size,
+        grad_accum=settings.grad_accum,
+        max_seq_len=settings.max_seq_len,
+        threads=settings.train_threads,
+        # A checkpoint every ~10% of a short run, every 50 steps of a long one.
+        save_steps=max(1, min(50, (max_steps or 50) // 2)),
+        extra={"run_id": run_id, "dataset_dir": str(dataset_dir), "data_counts": counts},
+    )
+
+
+def _pump(stream: Any, lines: queue.Queue[str | None]) -> None:
+    for line in stream:
+        lines.put(line.rstrip("\n"))
+    lines.put(None)
+
+
+def run_process(
+    command: list[str], log_path: Path, *, on_event: Callable[[dict[str, Any]], None] | None = None,
+    stall_seconds: float = STALL_SECONDS, env: dict[str, str] | None = None,
+) -> tuple[int, list[dict[str, Any]], deque[str]]:
+    """Run `command`, streaming its output to `log_path`; returns (returncode, events, log tail).
+
+    A process silent for `stall_seconds` is killed (returncode -SIGKILL) instead of hanging forever.
+    """
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), environment.get("PYTHONPATH")]))
+    events: list[dict[str, Any]] = []
+    tail: deque[str] = deque(maxlen=40)
+    # text=True means universal newlines: tqdm's carriage-return updates arrive as separate lines.
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                               cwd=str(PROJECT_ROOT), env=environment)
+    lines: queue.Queue[str | None] = queue.Queue()
+    reader = threading.Thread(target=_pump, args=(process.stdout, lines), daemon=True)
+    reader.start()
+    with log_path.open("a") as sink:
+        sink.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n")
+        while True:
+            try:
+                line = lines.get(timeout=stall_seconds)
+            except queue.Empty:
+                tail.append(f"[flywheel] no output for {stall_seconds:.0f} s: killing the training process")
+                process.send_signal(signal.SIGKILL)
+                break
+            if line is None:
+                break
+            sink.write(line + "\n")
+            # tqdm's bar shares the stream without a trailing newline, so an event can start mid-line.
+            at = line.find(EVENT_PREFIX)
+            if at >= 0:
+                try:
+                    event = json.loads(line[at + len(EVENT_PREFIX):])
+                except ValueError:
+                    continue
+                events.append(event)
+                if on_event:
+                    on_event(event)
+            elif line.strip():
+                tail.append(line)
+    return process.wait(), events, tail
+
+
+def describe_failure(returncode: int) -> str:
+    if returncode < 0:
+        name = signal.Signals(-returncode).name if -returncode in signal.Signals._value2member_map_ else str(-returncode)
+        hint = " (SIGKILL usually means the out-of-memory killer: lower batch_size or max_seq_len)" \
+            if returncode == -signal.SIGKILL else ""
+        return f"was killed by {name}{hint}"
+    return f"exited with code {returncode}"
+
+
+def read_losses(output_dir: Path) -> list[dict[str, Any]]:
+    """The loss curve (one row per logged step; a resumed run's rows are de-duplicated by step)."""
+    rows: dict[int, dict[str, Any]] = {}
+    path = output_dir / "losses.jsonl"
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                rows[row["step"]] = {k: row[k] for k in ("step", "loss", "epoch") if k in row}
+    return [rows[k] for k in sorted(rows)]
+
+
+def train_adapter(
+    settings: Settings,
+    store: Store,
+    dataset_dir: str | Path,
+    *,
+    run_id: str | None = None,
+    method: str = "sft",
+    max_steps: int | None = None,
+    init_adapter: str | Path | None = None,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+    stall_seconds: float = STALL_SECONDS,
+    env: dict[str, str] | None = None,
+    actor: str = "training",
+) -> AdapterRecord:
+    """Train one adapter in a fresh process and register it as a "candidate" version.
+
+    Raises TrainingError (with the log tail) when the process fails, is killed, hangs or produces a
+    broken adapter; nothing is registered then, and rerunning with the same `run_id` resumes.
+    `on_event` receives the recipe's progress events ({"event": "step", "step", "max_steps", "loss", ...}).
+    """
+    if method not in DATA_FILES:
+        raise ValueError(f"method must be one of {sorted(DATA_FILES)}, not {method!r}")
+    dataset_dir = Path(dataset_dir).expanduser().resolve()
+    train_file = dataset_dir / DATA_FILES[method]
+    if count_lines(train_file) == 0:
+        raise TrainingError(f"no training data: {train_file} is missing or empty")
+    settings.ensure_dirs()
+    run_id = run_id or new_id()
+    counts = data_counts(dataset_dir)
+    version, output_dir = _run_dir_for(settings, store, run_id)
+    cfg = build_run_config(settings, dataset_dir, output_dir, method=method, run_id=run_id, max_steps=max_steps,
+                           init_adapter=str(init_adapter) if init_adapter else None, counts=counts)
+    run_json = output_dir / "RUN.json"
+    cfg.save(run_json)
+    store.audit(actor, "train.start", {"version": version, "run_id": run_id, "method": method, "counts": counts})
+    command = [sys.executable, "-m", f"training.{method}", "--config", str(run_json)]
+    log.info("training %s: %s", version, " ".join(command))
+
+    def progress(event: dict[str, Any]) -> None:
+        if event.get("event") == "step":
+            log.info("%s step %s/%s loss %.4f", version, event.get("step"), event.get("max_steps"), event.get("loss"))
+        if on_event:
+            on_event(event)
+
+    started = time.perf_counter()
+    returncode, events, tail = run_process(command, output_dir / "train.log", on_event=progress,
+                                           stall_seconds=stall_seconds, env=env)
+    summary_path = output_dir / "flywheel.json"
+    if returncode != 0 or not summary_path.is_file():
+        reason = describe_failure(returncode) if returncode != 0 else "finished without writing flywheel.json"
+        store.audit(actor, "train.failed", {"version": version, "run_id": run_id, "returncode": returncode})
+        raise TrainingError(
+            f"training {version} ({method}) {reason}. Checkpoints and train.log are kept in {output_dir}; "
+            f"rerun with run_id={run_id!r} to resume.\n--- last lines of the log ---\n" + "\n".join(tail)
+        )
+    summary = json.loads(summary_path.read_text())
+    losses = read_losses(output_dir)
+    final = summary.get("final_loss")
+    if final is None or not math.isfinite(final):
+        store.audit(actor, "train.failed", {"version": version, "run_id": run_id, "final_loss": final})
+        raise TrainingError(f"training {version} diverged (final loss {final}); the adapter is not registered")
+    config = {**summary.get("config", {}), "tokens_per_second": summary.get("tokens_per_second"),
+              "train_seconds": round(time.perf_counter() - started, 1), "resumed_from": summary.get("resumed_from")}
+    record = register(settings, store, version=version, path=output_dir, base_model=summary.get("base_model") or cfg.model,
+                      run_id=run_id, config=config, data_counts=summary.get("data_counts") or counts,
+                      losses=losses, actor=actor)
+    store.audit(actor, "train.done", {"version": version, "run_id": run_id, "final_loss": final,
+                                      "tokens_per_second": summary.get("tokens_per_second")})
+    return record
