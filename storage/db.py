@@ -212,6 +212,7 @@ class Store:
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = connect(self.path)
         self.lock = threading.RLock()
 
