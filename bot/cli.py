@@ -387,36 +387,65 @@ def rollback() -> None:
 @app.command()
 def gate(
     version: str,
-    qa: Annotated[Path, typer.Option(help="Held-out QA JSONL (question, answer/must_include; none = unanswerable).")],
+    qa: Annotated[Optional[Path], typer.Option(help="Extra QA JSONL (question, answer/must_include).")] = None,
     apply: Annotated[bool, typer.Option(help="Promote or reject according to the decision.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the reports as JSON.")] = False,
 ) -> None:
-    """Evaluate VERSION against the current adapter (or base) and promote it only if it is better."""
+    """Evaluate VERSION against the current adapter and the base on the held-out distilled questions
+    (plus --qa), and promote it only if it is better by the margin with no guard metric regressing."""
+    _run_gate(version, qa, apply=apply, as_json=as_json)
+
+
+def _run_gate(version: str, qa: Path | None, apply: bool, as_json: bool) -> None:
     from agent.evaluate import load_qa
     from storage.db import Store
     from storage.knowledge import KnowledgeBase
+    from training.cycle import heldout_questions
     from training.gate import run_gate
 
     settings = _settings()
     store = Store(settings.db_path)
-    decision, reports = run_gate(settings, store, KnowledgeBase(settings, store), version, load_qa(qa),
-                                 actor="cli", apply=apply)
-    for name, report in reports.items():
-        console.print(f"{name:9} ({report['label']}): " + "  ".join(f"{k} {v:.3f}" for k, v in report["draft"].items()))
-    console.print(("[green]PROMOTE[/] " if decision.promote else "[red]REJECT[/] ") + escape("; ".join(decision.reasons)))
+    items = heldout_questions(store, settings.gate_max_items) + (load_qa(qa) if qa else [])
+    if not items:
+        err.print("No held-out questions yet (run `flywheel distill`) and no --qa file given.")
+        raise typer.Exit(2)
+    decision, reports = run_gate(settings.model_copy(update={"max_new_tokens": settings.gate_max_new_tokens}),
+                                 store, KnowledgeBase(settings, store), version, items, actor="cli", apply=apply)
+    if as_json:
+        print(json.dumps({"decision": {"promote": decision.promote, "reasons": decision.reasons},
+                          "reports": reports}, default=str))
+        return
+    metrics = list(next(iter(reports.values()))["draft"])
+    table = Table("metric (model drafts)", *[f"{name} ({r['label']})" for name, r in reports.items()],
+                  title=f"{len(items)} questions")
+    for metric in metrics:
+        table.add_row(metric, *[f"{r['draft'][metric]:.3f}" for r in reports.values()])
+    console.print(table)
+    verdict = "[green]PROMOTE[/] " if decision.promote else "[red]REJECT[/] "
+    console.print(verdict + escape("; ".join(decision.reasons)) + ("" if apply else " [dim](not applied)[/]"))
 
 
 @app.command("eval")
 def evaluate(
-    qa: Annotated[Path, typer.Option(help="JSONL: question, answer, must_include, source and/or pages.")],
+    qa: Annotated[Optional[Path], typer.Option(help="JSONL: question, answer, must_include, source and/or pages.")] = None,
+    adapter: Annotated[Optional[str], typer.Option(help="Compare this adapter with the current one and the base "
+                                                   "(held-out distilled questions + --qa); nothing is promoted.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Write one result per line here.")] = None,
     docs: Annotated[Optional[Path], typer.Option(help="Ingest this corpus first.")] = None,
     limit: Annotated[int, typer.Option(help="Only the first N questions (0 = all).")] = 0,
     retrieval_only: Annotated[bool, typer.Option(help="Skip generation; score retrieval only.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
-    """Score retrieval (hit@1/5, MRR) and answers (accuracy, F1, ROUGE-L, groundedness, latency)."""
+    """Score retrieval (hit@1/5, MRR) and answers (accuracy, F1, ROUGE-L, groundedness, latency);
+    with --adapter, compare that adapter with the current one and the base instead."""
     from agent.evaluate import render_summary, run_eval
 
+    if adapter:
+        _run_gate(adapter, qa, apply=False, as_json=as_json)
+        return
+    if qa is None:
+        err.print("--qa FILE is required (or --adapter VERSION).")
+        raise typer.Exit(2)
     agent = _agent()
     if docs:
         report = agent.kb.ingest([docs])

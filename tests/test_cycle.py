@@ -53,6 +53,31 @@ def test_whole_cycle_on_a_tiny_model(cycle_settings):
     again = run_cycle(cycle_settings, store)
     assert again.status == "skipped" and "new training pairs" in again.reasons[0]
 
+    # The CLI: compare the candidate with the base (nothing applied), then promote it by hand;
+    # `status --json` shows the serving adapter.
+    from typer.testing import CliRunner
+
+    from bot.cli import app
+    from storage.config import get_settings
+
+    env = {"FLYWHEEL_HOME": str(cycle_settings.home), "FLYWHEEL_MODEL": cycle_settings.model,
+           "FLYWHEEL_GATE_MAX_ITEMS": "3", "FLYWHEEL_GATE_MAX_NEW_TOKENS": "8"}
+    get_settings.cache_clear()
+    try:
+        runner = CliRunner()
+        compared = runner.invoke(app, ["eval", "--adapter", "v0001", "--json"], env=env)
+        assert compared.exit_code == 0, compared.output
+        reports = json.loads(compared.stdout)["reports"]
+        assert set(reports) == {"base", "candidate"} and reports["candidate"]["n"] == 3
+        assert store.query("SELECT status FROM adapters WHERE version = 'v0001'")[0]["status"] == adapter["status"]
+        if not result.promoted:
+            promoted = runner.invoke(app, ["promote", "v0001", "--force"], env=env)
+            assert promoted.exit_code == 0, promoted.output
+        status = runner.invoke(app, ["status", "--json"], env=env)
+        assert json.loads(status.stdout)["adapter"] == "v0001"
+    finally:
+        get_settings.cache_clear()
+
 
 def test_single_flight_across_processes(cycle_settings):
     with cycle_lock(cycle_settings):  # what another process holding the lock looks like
