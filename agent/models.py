@@ -171,3 +171,28 @@ def set_threads(settings: Settings) -> int:
     threads = settings.threads if settings.threads > 0 else (os.cpu_count() or 1)
     torch.set_num_threads(threads)
     return threads
+
+
+def build_tiny_model(out: Path) -> Path:
+    """A tiny randomly initialised Llama (2 layers, 64 dims) with the real SmolLM2 tokenizer and chat
+    template, saved to `out`: the real code paths in a second of compute, for tests and demos."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    gguf = bundled_gguf()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if not tokenizer.chat_template:
+        tokenizer.chat_template = CHATML_TEMPLATE
+    end_id = tokenizer.convert_tokens_to_ids(END_OF_TURN)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=2048, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=end_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    model = LlamaForCausalLM(config).eval()
+    model.generation_config.eos_token_id = end_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

@@ -43,7 +43,7 @@ def plot(results: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sizes = [r["pairs"] for r in results]
+    sizes = [r["trained_on"]["distilled"] for r in results]
     fig, ax = plt.subplots(figsize=(6.4, 4))
     for key, label in (("accuracy", "accuracy"), ("f1", "token-F1"), ("groundedness", "groundedness")):
         ax.plot(range(len(sizes)), [r[key] for r in results], marker="o", label=label)
@@ -97,6 +97,8 @@ def main() -> None:
         version, counts, final_loss = None, {"distilled": 0}, None
         if pairs:
             counts = subset(Path(data.out_dir), args.out / f"data-{pairs}", pairs, settings.notfound_fraction)
+            if counts["distilled"] < pairs:
+                print(f"only {counts['available']} distilled train pairs: size {pairs} trains on all of them")
             adapter = train_adapter(settings, store, args.out / f"data-{pairs}", run_id=f"seed-{pairs}")
             version, final_loss = adapter.version, adapter.final_loss
         train_s = time.perf_counter() - started
@@ -116,7 +118,7 @@ def main() -> None:
     header = "| pairs | accuracy | token-F1 | ROUGE-L | groundedness | valid citations | train s |\n"
     header += "|---:|---:|---:|---:|---:|---:|---:|\n"
     table = header + "".join(
-        f"| {r['pairs']}{' (base)' if r['pairs'] == 0 else ''} | {r['accuracy']:.2f} | {r['f1']:.2f} | "
+        f"| {r['trained_on']['distilled']}{' (base)' if r['pairs'] == 0 else ''} | {r['accuracy']:.2f} | {r['f1']:.2f} | "
         f"{r['rouge_l']:.2f} | {r['groundedness']:.2f} | {r['citation_validity']:.2f} | {r['train_s']:.0f} |\n"
         for r in results
     )

@@ -17,7 +17,6 @@ import argparse
 import logging
 import os
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,32 +28,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ADMIN = "UADMIN"
 USER = "UALICE"
 CHANNEL = "C0001"
-
-
-def build_tiny_model(out: Path) -> Path:
-    """The same tiny random Llama as tests/conftest.py: real SmolLM2 tokenizer, 2 layers, 64 dims."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from agent.models import CHATML_TEMPLATE, END_OF_TURN, bundled_gguf
-
-    gguf = bundled_gguf()
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    if not tokenizer.chat_template:
-        tokenizer.chat_template = CHATML_TEMPLATE
-    end_id = tokenizer.convert_tokens_to_ids(END_OF_TURN)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=2048, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=end_id, pad_token_id=tokenizer.pad_token_id,
-    )
-    model = LlamaForCausalLM(config).eval()
-    model.generation_config.eos_token_id = end_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
 
 
 def render(message: dict[str, Any]) -> str:
@@ -93,6 +66,8 @@ def main() -> None:
     from tests.fakeslack import FakeSlack
 
     work = Path(tempfile.mkdtemp(prefix="flywheel-transcript-"))
+    from agent.models import build_tiny_model
+
     model = "" if args.real_model else str(build_tiny_model(work / "tiny-model"))
     fake = FakeSlack(bot_user_id="UBOT", bot_id="BBOT").start()
     settings = Settings(

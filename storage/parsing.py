@@ -298,6 +298,7 @@ class _HtmlWalker:
         self.builder = _Builder()
         self._buf: list[str] = []
         self._kinds = ["paragraph"]
+        self._level = 1  # level of the last standard heading: `<h>` item headings nest below it
 
     def flush(self) -> None:
         self.builder.add("".join(self._buf), self._kinds[-1])
@@ -316,7 +317,13 @@ class _HtmlWalker:
             name = node.name
             if name in _HTML_HEADINGS:
                 self.flush()
-                self.builder.heading(node.get_text(" "), int(name[1]))
+                self._level = int(name[1])
+                self.builder.heading(node.get_text(" "), self._level)
+            elif name == "h":
+                # Non-standard, hidden `<h>` markers title each item of a reference list (SQLite's
+                # pragma page has 70+): as subsections they give each item's chunks its own heading.
+                self.flush()
+                self.builder.heading(node.get_text(" "), min(self._level + 1, 6))
             elif name == "pre":
                 self.flush()
                 self.builder.add(node.get_text().strip("\n"), "code")

@@ -29,42 +29,25 @@ get_settings.cache_clear()
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny, randomly initialised Llama with the real SmolLM2 tokenizer and chat template.
+    """A tiny random model with the real SmolLM2 tokenizer: garbage output, the real code paths."""
+    from agent.models import build_tiny_model
 
-    Its output is garbage, but it exercises the exact code paths of the real model in ~1 s of
-    compute (the tokenizer comes from the bundled GGUF, which takes a few seconds to parse).
-    """
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-smollm"))
 
-    from agent.models import CHATML_TEMPLATE, END_OF_TURN, bundled_gguf
 
-    gguf = bundled_gguf()
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    if not tokenizer.chat_template:
-        tokenizer.chat_template = CHATML_TEMPLATE
-    end_id = tokenizer.convert_tokens_to_ids(END_OF_TURN)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=2048,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=end_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    model = LlamaForCausalLM(config).eval()
-    model.generation_config.eos_token_id = end_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    out = tmp_path_factory.mktemp("tiny-smollm")
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+@pytest.fixture(scope="session")
+def handbook_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A FLYWHEEL_HOME with the sample handbook ingested once per session; tests copy it into their
+    own home (`shutil.copytree(handbook_home, settings.home, dirs_exist_ok=True)`)."""
+    from storage.knowledge import KnowledgeBase
+    from storage.samples import sample_handbook
+
+    home = tmp_path_factory.mktemp("handbook-home")
+    kb = KnowledgeBase(Settings(home=home))
+    report = kb.ingest([sample_handbook()])
+    assert not report.failed, report.failed
+    kb.store.close()
+    return home
 
 
 @pytest.fixture

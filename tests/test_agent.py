@@ -11,21 +11,7 @@ from typer.testing import CliRunner
 
 from agent.graph import Agent
 from agent.prompts import NOT_FOUND
-from storage.samples import sample_handbook, sample_questions, unanswerable_questions
-
-
-@pytest.fixture(scope="module")
-def handbook_home(tmp_path_factory):
-    """One ingested copy of the handbook, copied per test (ingesting costs a few seconds)."""
-    from storage.config import Settings
-    from storage.knowledge import KnowledgeBase
-
-    home = tmp_path_factory.mktemp("handbook-home")
-    kb = KnowledgeBase(Settings(home=home))
-    report = kb.ingest([sample_handbook()])
-    assert not report.failed, report.failed
-    kb.store.close()
-    return home
+from storage.samples import sample_questions, unanswerable_questions
 
 
 @pytest.fixture

@@ -10,20 +10,7 @@ import threading
 import pytest
 
 from storage.db import Store
-from storage.samples import sample_handbook
 from training.cycle import cycle_lock, run_cycle
-
-
-@pytest.fixture(scope="module")
-def handbook_home(tmp_path_factory):
-    from storage.config import Settings
-    from storage.knowledge import KnowledgeBase
-
-    home = tmp_path_factory.mktemp("cycle-home")
-    kb = KnowledgeBase(Settings(home=home))
-    assert not kb.ingest([sample_handbook()]).failed
-    kb.store.close()
-    return home
 
 
 @pytest.fixture

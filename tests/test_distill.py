@@ -282,3 +282,38 @@ def test_changed_document_gets_its_new_chunks_distilled(kb: KnowledgeBase, disti
     assert new and "30 days" in new[0]["answer"]
     live = {r["id"] for r in kb.store.query("SELECT id FROM chunks")}
     assert all(p["chunk_id"] in live for p in kb.store.query("SELECT chunk_id FROM qa_pairs"))
+
+
+REFERENCE_PAGE = """<html><body><h1>PRAGMA Statements</h1><h2>List Of PRAGMAs</h2>
+<a name="pragma_cache_size"></a><h _id=pragma_cache_size style="display:none"> PRAGMA cache_size</h><hr>
+<p><b>PRAGMA </b><i>schema.</i><b>cache_size = </b><i>pages</i><b>;</b></p>
+<p>Query or change the suggested maximum number of database disk pages that SQLite will hold in memory
+at once per open database file. The default suggested cache size is -2000.</p>
+<p>If the argument N is negative, then the number of cache pages is adjusted to use approximately N*1024
+bytes of memory. When you change the cache size using the cache_size pragma, the change only endures for
+the current session.</p>
+<a name="pragma_freelist_count"></a><h _id=pragma_freelist_count style="display:none"> PRAGMA freelist_count</h><hr>
+<p>Return the number of unused pages in the database file.</p>
+</body></html>"""
+
+
+def test_offline_teacher_on_reference_docs(tmp_path: Path) -> None:
+    """Item headings of a reference page (SQLite's hidden `<h>`) become sections, and the offline rules
+    ask what each item does, its default and what happens under a condition."""
+    from storage.chunking import chunk_document
+    from storage.parsing import parse_file
+
+    page = tmp_path / "pragma.html"
+    page.write_text(REFERENCE_PAGE)
+    chunks = chunk_document(parse_file(page, 10**6), lambda text: len(text.split()), 192, 16)
+    sections: dict[str, list[dict]] = {}
+    for n, chunk in enumerate(chunks):
+        sections.setdefault(chunk.heading or "", []).append(
+            {"id": str(n), "text": chunk.text, "heading": chunk.heading, "source": page.name})
+    assert "PRAGMA Statements > List Of PRAGMAs > PRAGMA cache_size" in sections
+    pairs = {p.question: p.answer for cs in sections.values() for p in OfflineTeacher().pairs_for(cs, 9)}
+    assert pairs["What does PRAGMA cache_size do?"].startswith("Query or change the suggested maximum")
+    assert pairs["What does PRAGMA freelist_count do?"] == "Return the number of unused pages in the database file."
+    assert any(q.endswith("what is the default suggested cache size?") and "is -2000" in a for q, a in pairs.items())
+    assert any(q.startswith("For PRAGMA cache_size, what happens if the argument N is negative") for q in pairs)
+    assert all(is_supported(a, REFERENCE_PAGE.replace("\n", " ")) and not is_leaky(q) for q, a in pairs.items())

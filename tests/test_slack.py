@@ -29,7 +29,6 @@ from bot.commands import WORKING
 from bot.feedback import normalize_emoji
 from storage.config import Settings
 from storage.db import Store
-from storage.samples import sample_handbook
 from tests.fakeslack import FakeSlack
 
 pytestmark = pytest.mark.timeout(180)
@@ -44,19 +43,6 @@ def _no_slack_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("SLACK_"):
             monkeypatch.delenv(name)
-
-
-@pytest.fixture(scope="module")
-def handbook_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One ingested copy of the handbook, copied into each test's home (ingesting costs seconds)."""
-    from storage.knowledge import KnowledgeBase
-
-    home = tmp_path_factory.mktemp("slack-handbook-home")
-    kb = KnowledgeBase(Settings(home=home))
-    report = kb.ingest([sample_handbook()])
-    assert not report.failed, report.failed
-    kb.store.close()
-    return home
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from storage.samples import sample_handbook, sample_questions, unanswerable_questions
+from storage.samples import sample_questions, unanswerable_questions
 from training import registry
 from training.gate import GUARDS, compare, run_gate, summarize
 from training.registry import RegistryError
@@ -234,18 +234,6 @@ def test_compare_promotes_only_a_clear_improvement_without_guard_regressions():
     guarded = compare(_report((0.70, 0.70), groundedness=0.80), current, base, 0.02, 0.02)
     assert not guarded.promote and any("groundedness" in r for r in guarded.reasons)
     assert compare(_report((0.70, 0.70), refusal=0.99), current, base, 0.02, 0.02).promote  # within tolerance
-
-
-@pytest.fixture(scope="module")
-def handbook_home(tmp_path_factory):
-    from storage.config import Settings
-    from storage.knowledge import KnowledgeBase
-
-    home = tmp_path_factory.mktemp("handbook-home")
-    kb = KnowledgeBase(Settings(home=home))
-    assert not kb.ingest([sample_handbook()]).failed
-    kb.store.close()
-    return home
 
 
 @pytest.fixture

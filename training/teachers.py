@@ -71,9 +71,11 @@ class OfflineTeacher:
     def pairs_for(self, chunks: list[dict], max_pairs: int) -> list[QAPair]:
         out: list[QAPair] = []
         seen: set[str] = set()
-        for chunk in chunks:
-            for question, answer, rule in candidates(chunk["text"], chunk.get("heading") or "",
-                                                           chunk.get("source") or ""):
+        for n, chunk in enumerate(chunks):
+            found = candidates(chunk["text"], chunk.get("heading") or "", chunk.get("source") or "")
+            if n == 0 and (lead := lead_pair(chunk["text"], chunk.get("heading") or "")):
+                found.insert(0, lead)  # the section opens with what its subject is or does
+            for question, answer, rule in found:
                 key = " ".join(sorted(content_tokens(question)))
                 if key in seen:
                     continue
@@ -233,6 +235,7 @@ def _sentence_pairs(text: str) -> list[tuple[str, str, str]]:
             out.append((f"What does {_lower_first(m.group(1))} mean?", answer, "definition"))
         elif m := re.match(r"^(The [a-z][\w-]+(?: [a-z][\w-]+)?) (is|are) (?:the|a|an) ", sent):
             out.append((f"What {m.group(2)} {_lower_first(m.group(1))}?", answer, "definition"))
+        out.extend(_reference_pairs(sent, answer))
         if m := re.search(r"\b(?:an?|the) ((?:[\w-]+ ){0,3}(?:budget|stipend|allowance|fee|cap|limit|gift)) of (?:up to )?\$[\d,.]+", sent):
             owner = re.match(r"^([A-Z][\w -]{2,30}?) (?:has|have|gets?|receives?) ", sent)
             who = f" for {_lower_first(owner.group(1))}" if owner else ""
@@ -245,12 +248,90 @@ def _sentence_pairs(text: str) -> list[tuple[str, str, str]]:
     return out
 
 
+_CONDITION = re.compile(r"^(If|When|Unless) ([^,]{8,90}), (?:then )?(.{12,})$")
+_DEFAULT = re.compile(r"^(?:The )?default ([\w\s\"'-]{3,50}?) (is|are) (.+)$", re.I)
+_DEFAULTS_TO = re.compile(r"^(?:The )?([\w\s.()-]{3,50}?) defaults to (.+)$")
+_RETURNS = re.compile(r"^(?:The )?([\w.()\[\], -]{2,50}?) (?:function |pragma |routine |method |command )?returns (.+)$")
+_CANNOT = re.compile(r"^(?:The |An? )?([\w\s.()-]{3,50}?) (cannot|can not|may not|must not) (\w.{8,})$")
+_NOT_SUBJECTS = frozenset("which that such when if note also each because since".split())
+
+
+def _reference_pairs(sent: str, answer: str) -> list[tuple[str, str, str]]:
+    """Rules for reference documentation: defaults, return values, conditions, prohibitions."""
+    out = []
+    subject_ok = lambda s: s.split()[0].lower() not in _NO_SUBJECT | _NOT_SUBJECTS  # noqa: E731
+    if sent.endswith(":") or sent.endswith(":."):
+        return out  # introduces a list or an example: the answer would be cut off
+    if (m := _DEFAULT.match(sent)) and subject_ok(m.group(1)):
+        out.append((f"What {m.group(2)} the default {m.group(1).strip()}?", answer, "default"))
+    elif (m := _DEFAULTS_TO.match(sent)) and subject_ok(m.group(1)):
+        out.append((f"What does {_lower_first(m.group(1).strip())} default to?", answer, "default"))
+    if (m := _RETURNS.match(sent)) and subject_ok(m.group(1)):
+        out.append((f"What does {_lower_first(m.group(1).strip())} return?", answer, "returns"))
+    if (m := _CONDITION.match(sent)) and len(m.group(2).split()) >= 3 and m.group(2).count("(") == m.group(2).count(")"):
+        verb = {"If": "if", "When": "when", "Unless": "unless"}[m.group(1)]
+        out.append((f"What happens {verb} {_lower_first(m.group(2).strip())}?", answer, "condition"))
+    if (m := _CANNOT.match(sent)) and subject_ok(m.group(1)) and len(m.group(1).split()) <= 6 \
+            and len(m.group(3).split()) <= 16:
+        verb = {"cannot": "can", "can not": "can", "may not": "may", "must not": "must"}[m.group(2)]
+        rest = m.group(3).rstrip(".")
+        out.append((f"{verb.capitalize()} {_lower_first(m.group(1).strip())} {rest}?", answer, "limit"))
+    return out
+
+
+_GENERIC_HEADINGS = frozenset("""introduction overview summary background syntax examples example notes see also
+    contents table of details description history usage discussion""".split())
+
+
+def lead_pair(text: str, heading: str) -> tuple[str, str, str] | None:
+    """"What does PRAGMA auto_vacuum do?" -> the first descriptive sentences of its section.
+
+    Reference pages (pragmas, functions, options, commands) open each item's section with what it
+    does; the syntax lines before that are skipped."""
+    leaf = re.sub(r"^\d+(?:\.\d+)*\.?\s+", "", heading.split(" > ")[-1]).strip() if heading else ""
+    words = leaf.split()
+    if (not 1 <= len(words) <= 5 or set(w.lower() for w in words) <= _GENERIC_HEADINGS or leaf.endswith("?")
+            or words[0].lower() in ("list", "table", "index", "appendix")):
+        return None
+    prose = []
+    for sent in sentences(text):
+        plain = strip_bullet(sent)
+        tokens = plain.split()
+        alpha = sum(t.isalpha() for t in tokens)
+        if len(tokens) >= 5 and alpha >= 0.6 * len(tokens) and "|" not in plain and "=" not in plain:
+            prose.append(_sentence(plain))
+        elif prose:
+            break
+        if len(prose) == 2 or (prose and len(prose[0].split()) >= 18):
+            break
+    if not prose:
+        return None
+    if re.match(r"^[A-Z]+ \w+$", leaf) and leaf.split()[0] in ("PRAGMA", "OPTION", "COMMAND"):
+        question = f"What does {leaf} do?"
+    elif re.match(r"^[\w.]+\(.*\)$", leaf):
+        question = f"What does the {leaf.split('(')[0]}() function do?"
+    elif re.match(r"^(The )?[\w-]+ (option|setting|parameter|flag|command|statement|clause|function|pragma)$", leaf, re.I):
+        question = f"What does the {re.sub(r'^The ', '', leaf)} do?"
+    elif words[0].lower() in ("how", "what", "when", "why", "who", "where"):
+        return None  # question-like headings are handled by the procedure rule
+    elif (len(heading.split(" > ")) > 1 and len(words) <= 4 and not re.search(r"\d", leaf)
+          and not words[-1].endswith("s") and not words[0].lower().endswith("ing")
+          and content_tokens(leaf) <= content_tokens(prose[0])):
+        question = f"What is {_lower_first(leaf) if len(words) > 1 else leaf}?"  # a term the section defines
+    else:
+        return None
+    return question, " ".join(prose), "lead"
+
+
 def _table_pairs(text: str, topic: str) -> list[tuple[str, str, str]]:
     lines = [ln for ln in text.splitlines() if ln.count("|") >= 1 and not re.fullmatch(r"[\s|:-]+", ln)]
     if len(lines) < 2:
         return []
     cells = lambda line: [c.strip().replace("**", "") for c in line.strip().strip("|").split("|")]  # noqa: E731
     header, out = cells(lines[0]), []
+    keys = [cells(line)[0] for line in lines[1:]]
+    if len(set(keys)) < len(keys) or all(re.fullmatch(r"[\d.,-]+", k) for k in keys):
+        return []  # a repeated or bare-number key ("for 1?") would ask one question with several answers
     prefix = f"For {topic}, " if topic else ""
     for line in lines[1:]:
         row = cells(line)
@@ -327,6 +408,9 @@ def _list_pairs(text: str, heading: str) -> list[tuple[str, str, str]]:
     return out
 
 
+_THIS_ITEM = r"\b[Tt]his (?:pragma|function|option|command|setting|statement|clause|parameter)\b"
+
+
 def candidates(text: str, heading: str, source: str = "") -> list[tuple[str, str, str]]:
     """(question, answer, rule) candidates for one chunk; the distill step filters them further."""
     topic = _topic(heading)
@@ -337,6 +421,8 @@ def candidates(text: str, heading: str, source: str = "") -> list[tuple[str, str
     out = []
     for question, answer, rule in found:
         question = re.sub(r"\s+", " ", question).strip()
+        if topic and re.search(_THIS_ITEM, question):
+            question = re.sub(_THIS_ITEM, topic if topic[0].isupper() else f"the {topic}", question)
         if topic and rule != "table" and not (content_tokens(question) & section_words):
             # "How much is the gift?" is ambiguous on its own: name the section it comes from.
             question = f"For {topic}, {_lower_first(question)}"
