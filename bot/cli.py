@@ -402,6 +402,7 @@ def _run_gate(version: str, qa: Path | None, apply: bool, as_json: bool) -> None
     from storage.knowledge import KnowledgeBase
     from training.cycle import heldout_questions
     from training.gate import run_gate
+    from training.judge import CRITERIA as JUDGE_CRITERIA
 
     settings = _settings()
     store = Store(settings.db_path)
@@ -412,17 +413,27 @@ def _run_gate(version: str, qa: Path | None, apply: bool, as_json: bool) -> None
     decision, reports = run_gate(settings.model_copy(update={"max_new_tokens": settings.gate_max_new_tokens}),
                                  store, KnowledgeBase(settings, store), version, items, actor="cli", apply=apply)
     if as_json:
-        print(json.dumps({"decision": {"promote": decision.promote, "reasons": decision.reasons},
-                          "reports": reports}, default=str))
+        print(json.dumps({"decision": {"promote": decision.promote, "reasons": decision.reasons,
+                                       "notes": decision.notes}, "reports": reports}, default=str))
         return
     metrics = list(next(iter(reports.values()))["draft"])
     table = Table("metric (model drafts)", *[f"{name} ({r['label']})" for name, r in reports.items()],
                   title=f"{len(items)} questions")
     for metric in metrics:
         table.add_row(metric, *[f"{r['draft'][metric]:.3f}" for r in reports.values()])
+    if any("judge_usage" in r for r in reports.values()):  # Claude judged (reported, not decisive)
+        for criterion in JUDGE_CRITERIA:
+            key = f"judge_{criterion}"
+            table.add_row(f"{key} (1–5)", *[f"{r[key]:.2f}" if key in r else "—" for r in reports.values()])
+        table.add_row("judged / skipped", *[f"{r.get('judge_items', 0)} / {r.get('judge_skipped', 0)}"
+                                            for r in reports.values()])
+        table.add_row("judge cost", *[f"${r['judge_usage']['cost_usd']:.4f}" if "judge_usage" in r else "—"
+                                      for r in reports.values()])
     console.print(table)
     verdict = "[green]PROMOTE[/] " if decision.promote else "[red]REJECT[/] "
     console.print(verdict + escape("; ".join(decision.reasons)) + ("" if apply else " [dim](not applied)[/]"))
+    for note in decision.notes:
+        console.print(f"[dim]{escape(note)}[/]")
 
 
 @app.command("eval")

@@ -78,10 +78,15 @@ def evaluate_serving(bot: FlywheelBot) -> str:
     report = evaluate_adapter(settings, bot.store, bot.agent.kb, serving.version if serving else None, qa,
                               generator=make_generator(settings))
     draft = report["draft"]
+    judged = ""
+    if "judge_relevance" in report:  # with an Anthropic key, Claude's 1–5 scores
+        judged = (f" Claude judge (1–5): relevance {report['judge_relevance']:.1f}, groundedness "
+                  f"{report['judge_groundedness']:.1f}, coherence {report['judge_coherence']:.1f}, similarity "
+                  f"{report['judge_similarity']:.1f} (${report['judge_usage']['cost_usd']:.3f}).")
     return (f"*Evaluation of {report['label']}* on {report['n']} held-out questions: "
             f"accuracy {draft['accuracy']:.0%}, F1 {draft['f1']:.2f}, ROUGE-L {draft['rouge_l']:.2f}, "
             f"groundedness {draft['groundedness']:.2f}, valid citations {draft['citation_validity']:.0%} "
-            f"({report['seconds']:.0f} s).")
+            f"({report['seconds']:.0f} s)." + judged)
 
 
 def promote_version(bot: FlywheelBot, version: str, user: str) -> str:

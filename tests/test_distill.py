@@ -1,5 +1,6 @@
 """Distillation and training datasets on the sample handbook (ingested once per module, ~10-40 s),
-and the Anthropic teacher through the real anthropic SDK against a loopback fake of /v1/messages.
+and the Anthropic teacher through the real anthropic SDK against a loopback fake of /v1/messages
+(tests/fakeanthropic.py).
 
     cd /work/main && /work/venv/bin/pytest -q tests/test_distill.py
 """
@@ -10,10 +11,7 @@ import hashlib
 import json
 import re
 import shutil
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ from agent.retrieval import Hit
 from storage.config import Settings
 from storage.knowledge import KnowledgeBase
 from storage.samples import sample_handbook
+from tests.fakeanthropic import RATE_LIMITED, fake_messages, tool_use
 from training.dataset import build_datasets
 from training.distill import distill, is_heldout, is_leaky, is_supported, pending_sections
 from training.teachers import AnthropicTeacher, OfflineTeacher, load_teacher
@@ -103,36 +102,6 @@ def test_heldout_split_is_by_section_and_stable(kb: KnowledgeBase, distilled) ->
 
 
 # --- the Anthropic teacher through the real SDK ------------------------------------------------------
-@contextmanager
-def _fake_messages(responses: list[tuple[int, dict, dict]]) -> Iterator[tuple[str, list[dict]]]:
-    """POST /v1/messages answers with the queued (status, headers, body) in turn; records requests."""
-    requests: list[dict] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            requests.append({"path": self.path, "body": body})
-            status, headers, payload = responses.pop(0) if responses else (500, {}, {"error": "no more"})
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            for key, value in {"Content-Type": "application/json", **headers}.items():
-                self.send_header(key, value)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", requests
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 CHUNKS = [
     {"id": "doc-1-00001", "source": "oncall.md", "heading": "On-Call > Paging", "page": None,
      "text": "Acknowledge a page within 15 minutes. Unacknowledged pages escalate to the secondary."},
@@ -142,13 +111,7 @@ CHUNKS = [
 
 
 def _tool_message(pairs: Any) -> dict:
-    return {
-        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-6",
-        "content": [{"type": "tool_use", "id": "toolu_1", "name": "record_qa_pairs", "input": {"pairs": pairs}}],
-        "stop_reason": "tool_use", "stop_sequence": None,
-        "usage": {"input_tokens": 100, "output_tokens": 50, "cache_creation_input_tokens": 200,
-                  "cache_read_input_tokens": 0},
-    }
+    return tool_use("record_qa_pairs", {"pairs": pairs})
 
 
 def test_anthropic_teacher_uses_tool_cache_retries_and_accounts(tmp_path: Path) -> None:
@@ -158,8 +121,7 @@ def test_anthropic_teacher_uses_tool_cache_retries_and_accounts(tmp_path: Path) 
         {"question": "Unknown chunk?", "answer": "x", "chunk_ids": ["nope"]},  # unknown id: dropped
         {"question": 7, "answer": None, "chunk_ids": ["doc-1-00002"]},  # malformed: dropped
     ]
-    rate_limited = {"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}
-    with _fake_messages([(429, {"retry-after": "0"}, rate_limited), (200, {}, _tool_message(pairs))]) as (url, seen):
+    with fake_messages([(429, {"retry-after": "0"}, RATE_LIMITED), (200, {}, _tool_message(pairs))]) as (url, seen):
         s = Settings(home=tmp_path / "home", anthropic_base_url=url, anthropic_api_key=SecretStr("sk-test"))
         teacher = load_teacher(s, "auto")
         assert isinstance(teacher, AnthropicTeacher) and teacher.name == "anthropic:claude-sonnet-4-6"
@@ -182,7 +144,7 @@ def test_anthropic_teacher_uses_tool_cache_retries_and_accounts(tmp_path: Path) 
 
 def test_anthropic_teacher_survives_bad_output_and_unknown_model(tmp_path: Path) -> None:
     bad = _tool_message("not a list")
-    with _fake_messages([(200, {}, bad)]) as (url, _):
+    with fake_messages([(200, {}, bad)]) as (url, _):
         s = Settings(home=tmp_path / "home", anthropic_base_url=url, anthropic_api_key=SecretStr("sk-test"),
                      teacher_model="claude-unknown-9")
         teacher = AnthropicTeacher(s)

@@ -15,6 +15,10 @@ token-F1, ROUGE-L, groundedness (share of draft sentences backed by the context 
 citation validity (share of [n] markers that point at a passage that exists), correct refusals
 (unanswerable questions answered with NOT_FOUND), and no_runaway (the draft stopped before
 max_new_tokens — a chat-template mismatch after LoRA shows up as endless output).
+With an Anthropic key (or a `judge=` given), Claude also judges each answerable item on 1–5
+scales (training/judge.py): rows get judge_relevance/groundedness/coherence/similarity/rationale,
+reports their means, `judge_items`, `judge_skipped` and `judge_usage` (tokens, cost). They are
+reported next to the decision (`Decision.notes`) but do not take part in it.
 Decision: primary = mean(accuracy, F1) of the drafts must beat the current adapter (the base
 model when none is promoted) by `promote_margin`, and no guard metric may drop by more than
 `guard_tolerance`. Results go into adapters.metrics, per-question rows into eval_<label>.jsonl and
@@ -38,6 +42,8 @@ from agent.metrics import contains_all, groundedness, rouge_l, strip_citations, 
 from agent.prompts import NOT_FOUND
 from storage.config import Settings
 from storage.db import Store
+from training.judge import CRITERIA as JUDGE_CRITERIA
+from training.judge import ClaudeJudge, load_judge
 from training.registry import current, get_adapter, promote, reject, set_metrics
 
 log = logging.getLogger(__name__)
@@ -53,6 +59,7 @@ class Decision:
     reasons: list[str] = field(default_factory=list)
     reference: str = "base"  # what the candidate was compared with
     delta: float = 0.0  # primary(candidate) - primary(reference)
+    notes: list[str] = field(default_factory=list)  # reported only (the Claude judge), not decisive
 
 
 def qa_hash(qa: list[dict[str, Any]]) -> str:
@@ -77,6 +84,10 @@ def citation_markers(text: str) -> list[int]:
     return numbers
 
 
+def reference_of(item: dict[str, Any]) -> str:
+    return item.get("answer") or " ".join(item.get("must_include", []))
+
+
 def correct(text: str, item: dict[str, Any]) -> bool:
     if is_refusal(text) or not text.strip():
         return False
@@ -95,7 +106,7 @@ def score_item(item: dict[str, Any], draft: str, answer: str, grounded: bool, co
         row["d_refusal"] = (not asked) or is_refusal(draft)
         row["f_refusal"] = not grounded or is_refusal(answer)
         return row
-    reference = item.get("answer") or " ".join(item.get("must_include", []))
+    reference = reference_of(item)
     row["d_accuracy"] = correct(draft, item)
     row["d_f1"] = token_f1(strip_citations(draft), reference)
     row["d_rouge_l"] = rouge_l(strip_citations(draft), reference)
@@ -137,8 +148,26 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "refusal": _mean(unanswerable, "f_refusal"),
     }
     final["primary"] = round((final["accuracy"] + final["f1"]) / 2, 4)
-    return {"n": len(rows), "answerable": len(answerable), "unanswerable": len(unanswerable),
-            "primary": draft["primary"], "draft": draft, "final": final}
+    report = {"n": len(rows), "answerable": len(answerable), "unanswerable": len(unanswerable),
+              "primary": draft["primary"], "draft": draft, "final": final}
+    judged = [r for r in answerable if "judge_relevance" in r]
+    if judged:  # Claude's 1–5 scores (no judge, or every item skipped: no judge_* keys)
+        report.update({f"judge_{c}": _mean(judged, f"judge_{c}") for c in JUDGE_CRITERIA}, judge_items=len(judged))
+    return report
+
+
+def judge_row(judge: ClaudeJudge, item: dict[str, Any], draft: str, answer: str,
+              context: list[dict[str, Any]]) -> dict[str, Any]:
+    """`judge_*` fields for one answerable item: the model's draft is judged, or the final answer when
+    the model never ran (retrieval found nothing: the same for every adapter). {} when skipped."""
+    scores = judge.score(item["question"], reference_of(item), draft or answer, context)
+    if scores is None:
+        return {}
+    return {**{f"judge_{k}": v for k, v in scores.items()}, "judge_of": "draft" if draft else "final"}
+
+
+def _resolve_judge(settings: Settings, judge: Any) -> ClaudeJudge | None:
+    return load_judge(settings) if judge == "auto" else judge
 
 
 def make_generator(settings: Settings) -> Any:
@@ -157,9 +186,14 @@ def evaluate_adapter(
     *,
     generator: Any = None,
     out_dir: Path | None = None,
+    judge: ClaudeJudge | None | str = "auto",
 ) -> dict[str, Any]:
-    """Answer every question with adapter `version` (None = base weights) and score the drafts and answers."""
+    """Answer every question with adapter `version` (None = base weights) and score the drafts and answers.
+    `judge`: "auto" = a Claude judge when an Anthropic key is configured; None = no judge."""
     from agent.graph import Agent
+
+    judge = _resolve_judge(settings, judge)
+    usage_before = asdict(judge.usage) if judge is not None else {}
 
     generator = generator or make_generator(settings)
     path = get_adapter(store, version).path if version else None
@@ -179,12 +213,20 @@ def evaluate_adapter(
         tokens = len(generator.tokenizer(draft, add_special_tokens=False)["input_ids"]) if draft else 0
         scores = score_item(item, draft, result.answer, result.grounded, state.get("context", []),
                             result.citations, tokens, settings.max_new_tokens)
+        if judge is not None and scores["answerable"]:
+            scores.update(judge_row(judge, item, draft, result.answer, state.get("context", [])))
         rows.append({"id": item.get("id"), "question": item["question"], "draft": draft, "answer": result.answer,
                      "adapter": result.adapter, **scores})
         agent.forget(thread_id)  # evaluation threads don't belong in the conversation store
     report = summarize(rows)
     report.update(version=version, label=label, qa_hash=qa_hash(qa), seconds=round(time.perf_counter() - started, 1),
                   model=generator.name)
+    if judge is not None:
+        usage = {k: v - usage_before[k] for k, v in asdict(judge.usage).items()}  # this run's share
+        usage["cost_usd"] = round(usage["cost_usd"], 6)
+        report.setdefault("judge_items", 0)
+        report.update(judge_model=judge.model, judge_skipped=report["answerable"] - report["judge_items"],
+                      judge_usage=usage)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         with (out_dir / f"eval_{label}.jsonl").open("w") as sink:
@@ -201,7 +243,8 @@ def compare(
     tolerance: float,
 ) -> Decision:
     """Promote only if the candidate's primary metric beats the reference (current, else base) by
-    `margin` and no guard metric of the drafts drops by more than `tolerance`."""
+    `margin` and no guard metric of the drafts drops by more than `tolerance`. Claude's judge scores,
+    when present, go into `notes` only."""
     reference = current or base
     if reference is None:
         return Decision(True, ["no current adapter or base results to compare with"], "none", 0.0)
@@ -220,7 +263,17 @@ def compare(
         if drop > tolerance:
             ok = False
             reasons.append(f"guard {guard} dropped {ref_value:.3f} → {cand_value:.3f} (more than {tolerance:.3f})")
-    return Decision(ok, reasons, ref_label, delta)
+    return Decision(ok, reasons, ref_label, delta, judge_notes(candidate, reference, ref_label))
+
+
+def judge_notes(candidate: dict[str, Any], reference: dict[str, Any], ref_label: str) -> list[str]:
+    """`Claude judge (1–5, not used to decide): relevance 4.10 vs v0003 3.60, ...` when both were judged."""
+    keys = [f"judge_{c}" for c in JUDGE_CRITERIA]
+    if not all(k in candidate for k in keys):
+        return []
+    parts = [f"{c} {candidate[k]:.2f}" + (f" vs {ref_label} {reference[k]:.2f}" if k in reference else "")
+             for c, k in zip(JUDGE_CRITERIA, keys)]
+    return ["Claude judge (1–5, not used to decide): " + ", ".join(parts)]
 
 
 def chart(reports: dict[str, dict[str, Any]], path: Path) -> Path:
@@ -260,21 +313,25 @@ def run_gate(
     apply: bool = True,
     include_base: bool = True,
     generator: Any = None,
+    judge: ClaudeJudge | None | str = "auto",
 ) -> tuple[Decision, dict[str, dict[str, Any]]]:
     """Evaluate base (optional), current and candidate on `qa`; record, chart, and promote or reject."""
     if not qa:
         raise ValueError("the gate needs held-out questions")
+    judge = _resolve_judge(settings, judge)  # one judge for all three: its failure budget is shared
     candidate_record = get_adapter(store, version)
     out_dir = Path(candidate_record.path)
     serving = current(store)
     generator = generator or make_generator(settings)  # one model load, adapters swapped in turn
     reports: dict[str, dict[str, Any]] = {}
     if include_base or serving is None:
-        reports["base"] = evaluate_adapter(settings, store, kb, None, qa, generator=generator, out_dir=out_dir)
+        reports["base"] = evaluate_adapter(settings, store, kb, None, qa, generator=generator, out_dir=out_dir,
+                                           judge=judge)
     if serving is not None and serving.version != version:
         reports["current"] = evaluate_adapter(settings, store, kb, serving.version, qa, generator=generator,
-                                              out_dir=out_dir)
-    reports["candidate"] = evaluate_adapter(settings, store, kb, version, qa, generator=generator, out_dir=out_dir)
+                                              out_dir=out_dir, judge=judge)
+    reports["candidate"] = evaluate_adapter(settings, store, kb, version, qa, generator=generator, out_dir=out_dir,
+                                            judge=judge)
     decision = compare(reports["candidate"], reports.get("current"), reports.get("base"),
                        settings.promote_margin, settings.guard_tolerance)
     chart_path = chart({(r["label"] if k == "candidate" else f"{k} ({r['label']})"): r for k, r in reports.items()},
