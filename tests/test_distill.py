@@ -2,7 +2,7 @@
 and the Anthropic teacher through the real anthropic SDK against a loopback fake of /v1/messages
 (tests/fakeanthropic.py).
 
-    cd /work/main && /work/venv/bin/pytest -q tests/test_distill.py
+    python -m pytest -q tests/test_distill.py
 """
 
 from __future__ import annotations

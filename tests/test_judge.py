@@ -2,7 +2,7 @@
 (tests/fakeanthropic.py), and once through evaluate_adapter on the tiny model (seconds, after the
 session fixtures: the handbook ingest and the tiny model, ~25 s on 2 cores).
 
-    cd /work/main && HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q tests/test_judge.py
+    python -m pytest -q tests/test_judge.py
 """
 
 from __future__ import annotations

@@ -92,6 +92,12 @@ def test_sft_subprocess_registers_a_candidate_that_changes_logits(train_settings
     assert summary["base_model"] == str(train_settings.model) and summary["final_loss"] > 0
     assert not (folder / "checkpoints").exists()  # removed after success
     assert (folder / "RUN.json").is_file() and (folder / "losses.jsonl").is_file()
+    # FLYWHEEL_LORA_LAYERS=0.5: only the top half of the decoder layers carry LoRA weights.
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "adapter_model.safetensors"), "pt") as weights:
+        adapted = {int(key.split(".layers.")[1].split(".")[0]) for key in weights.keys()}
+    assert adapted == {1}
     # The chat template travels with the adapter (a mismatch after LoRA = rambling output).
     from transformers import AutoTokenizer
 

@@ -62,7 +62,7 @@ def build_trainer(cfg: RunConfig) -> tuple[Any, Any, dict[str, Any]]:
 
         model = PeftModel.from_pretrained(model, cfg.init_adapter, is_trainable=True)
     else:
-        peft_config = lora_config(cfg)
+        peft_config = lora_config(cfg, model)
     callback = make_callback(Path(cfg.output_dir))
     trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=train, processing_class=tokenizer,
                          peft_config=peft_config, callbacks=[callback])

@@ -97,6 +97,7 @@ def build_run_config(
         lora_r=settings.lora_r,
         lora_alpha=settings.lora_alpha,
         lora_dropout=settings.lora_dropout,
+        lora_layers=settings.lora_layers,
         learning_rate=settings.learning_rate if method == "sft" else settings.learning_rate / 4,
         epochs=settings.epochs if method == "sft" else 1,
         max_steps=max_steps or -1,
