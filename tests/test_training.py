@@ -111,6 +111,25 @@ def test_sft_subprocess_registers_a_candidate_that_changes_logits(train_settings
     assert store.scalar("SELECT COUNT(*) FROM audit_log WHERE action = 'adapter.register'") == 1
 
 
+def test_dpo_continues_the_sft_adapter_and_prefers_chosen(train_settings, store, dataset_dir):
+    """The cycle's second stage: DPO on 👎 pairs (rejected answer vs the correction), starting from
+    the SFT adapter, in its own process, registered as a new candidate with its losses."""
+    rows = []
+    for i in range(8):
+        example = _example(i)
+        rows.append({"prompt": example["prompt"], "chosen": example["completion"],
+                     "rejected": [{"role": "assistant", "content": f"Item {i} is {i * 7 + 1}."}], "id": f"p{i}"})
+    _write_jsonl(dataset_dir / "dpo.jsonl", rows)
+    sft = train_adapter(train_settings, store, dataset_dir, run_id="r-sft", max_steps=2)
+    dpo = train_adapter(train_settings, store, dataset_dir, run_id="r-dpo", method="dpo", max_steps=2,
+                        init_adapter=sft.path)
+    assert (sft.version, dpo.version) == ("v0001", "v0002") and dpo.status == "candidate"
+    assert dpo.config["method"] == "dpo" and dpo.config["init_adapter"] == sft.path
+    assert dpo.data_counts["dpo"] == 8 and [row["step"] for row in dpo.losses] == [1, 2]
+    assert all(row["loss"] == row["loss"] for row in dpo.losses)  # no NaN
+    assert (Path(dpo.path) / "adapter_model.safetensors").is_file()
+
+
 @pytest.mark.parametrize("packing", [True, False])
 def test_only_completion_tokens_carry_labels(tiny_model_dir, dataset_dir, tmp_path, packing):
     import torch
