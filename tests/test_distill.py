@@ -279,3 +279,20 @@ def test_offline_teacher_on_reference_docs(tmp_path: Path) -> None:
     assert any(q.endswith("what is the default suggested cache size?") and "is -2000" in a for q, a in pairs.items())
     assert any(q.startswith("For PRAGMA cache_size, what happens if the argument N is negative") for q in pairs)
     assert all(is_supported(a, REFERENCE_PAGE.replace("\n", " ")) and not is_leaky(q) for q, a in pairs.items())
+
+
+def test_max_pairs_budget_loses_nothing(handbook_home: Path, distilled, tmp_path: Path) -> None:
+    """`--max-pairs N` keeps N now; the section it cut short stays pending, so later runs add the rest
+    and the total equals one uncapped run."""
+    from storage.db import Store
+
+    home = tmp_path / "home"
+    shutil.copytree(handbook_home, home)
+    settings, store = Settings(home=home), Store(home / "flywheel.db")
+    runs = [distill(settings, store, OfflineTeacher(), max_pairs=7) for _ in range(3)]
+    assert [r.kept for r in runs] == [7, 7, 7]
+    rest = distill(settings, store, OfflineTeacher())
+    _, uncapped = distilled
+    assert 21 + rest.kept == store.scalar("SELECT COUNT(*) FROM qa_pairs") == uncapped.kept
+    assert store.scalar("SELECT COUNT(*) FROM chunks WHERE distilled_at IS NULL") == 0
+    store.close()

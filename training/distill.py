@@ -142,7 +142,7 @@ def distill(settings: Settings, store: Store, teacher: Teacher, max_pairs: int |
             continue
         report.generated += len(pairs)
         heldout = is_heldout(doc["name"], doc["heading"], settings.heldout_fraction)
-        rows = []
+        rows, cut = [], False
         for pair in pairs:
             evidence = "\n".join(by_id[i]["text"] + " " + (by_id[i]["heading"] or "") for i in pair.chunk_ids
                                  if i in by_id)
@@ -156,6 +156,7 @@ def distill(settings: Settings, store: Store, teacher: Teacher, max_pairs: int |
                 report.dropped_duplicate += 1
                 continue
             if budget is not None and len(rows) >= budget:
+                cut = True
                 break
             seen.add(pair.question)
             chunk_id = next(i for i in pair.chunk_ids if i in by_id)
@@ -164,7 +165,9 @@ def distill(settings: Settings, store: Store, teacher: Teacher, max_pairs: int |
                 "question": pair.question, "answer": pair.answer, "reasoning": pair.reasoning,
                 "split": "heldout" if heldout else "train", "teacher": teacher.name, "created_at": now(),
             })
-        _store(store, rows, list(by_id))
+        # A section cut short by the budget stays pending: next run its kept pairs are duplicates and
+        # the rest are added, instead of being lost with the section marked done.
+        _store(store, rows, [] if cut else list(by_id))
         report.kept += len(rows)
         report.heldout += len(rows) if heldout else 0
         report.train += 0 if heldout else len(rows)
