@@ -141,6 +141,7 @@ def main() -> None:
         if done.returncode != 0 or not results:
             raise SystemExit(f"{which} run failed ({done.returncode}):\n{done.stderr[-3000:]}")
         seconds[which] = json.loads(results[-1][len("RESULT "):])["seconds"]
+        print(f"{which}: {seconds[which]:.1f} s, {tokens / seconds[which]:.1f} tokens/s", file=sys.stderr, flush=True)
     speed = {which: tokens / s for which, s in seconds.items()}
     print(json.dumps({
         "examples": len(rows), "real_tokens": tokens, "model": model_dir,
