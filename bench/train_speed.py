@@ -1,6 +1,8 @@
 """Training throughput: the Flywheel SFT recipe vs plain trl `SFTTrainer` defaults, same data.
 
-    python bench/train_speed.py [--examples 64] [--data sft_train.jsonl] [--home DIR]
+    python bench/train_speed.py [--examples 8] [--data sft_train.jsonl] [--home DIR]
+
+The baseline needs ~1000 s per batch of 8 on the 2-core CPU, hence the small default.
 
 Every run trains a LoRA (r=16, all linear modules) on the real default model (SmolLM2-135M-Instruct,
 converted once into `$FLYWHEEL_HOME/models`) over the same prompt-completion examples — one epoch,
@@ -108,7 +110,7 @@ def child(which: str, model_dir: str, data: Path, out: Path, examples: int) -> N
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--examples", type=int, default=64)
+    parser.add_argument("--examples", type=int, default=8)
     parser.add_argument("--data", type=Path, help="prompt-completion JSONL (default: built from the sample handbook)")
     parser.add_argument("--home", type=Path, help="FLYWHEEL_HOME holding the converted model")
     parser.add_argument("--child", choices=["ours-all", "ours", "baseline"], help=argparse.SUPPRESS)

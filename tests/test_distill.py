@@ -26,7 +26,8 @@ from storage.samples import sample_handbook
 from tests.fakeanthropic import RATE_LIMITED, fake_messages, tool_use
 from training.dataset import build_datasets
 from training.distill import distill, is_heldout, is_leaky, is_supported, pending_sections
-from training.teachers import AnthropicTeacher, OfflineTeacher, load_teacher
+from training.offline_teacher import OfflineTeacher
+from training.teachers import AnthropicTeacher, load_teacher
 
 
 @pytest.fixture(scope="module")
