@@ -4,6 +4,7 @@ developer's own Flywheel/Slack/Anthropic environment is cleared so it cannot lea
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -56,6 +57,17 @@ def settings(tmp_path: Path, tiny_model_dir: Path) -> Settings:
     s = Settings(home=tmp_path / "home", model=str(tiny_model_dir), max_new_tokens=16)
     s.ensure_dirs()
     return s
+
+
+@pytest.fixture
+def kb_store(handbook_home, settings):
+    """The ingested handbook in this test's home; the store opens after the copy, not before."""
+    from storage.knowledge import KnowledgeBase
+
+    shutil.copytree(handbook_home, settings.home, dirs_exist_ok=True)
+    store = Store(settings.db_path)
+    yield KnowledgeBase(settings, store), store
+    store.close()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ session fixtures: the handbook ingest and the tiny model, ~25 s on 2 cores).
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -84,17 +83,6 @@ def test_no_key_no_judge(tmp_path: Path) -> None:
     assert load_judge(Settings(home=tmp_path / "b", anthropic_api_key=SecretStr("  "))) is None
     judge = load_judge(Settings(home=tmp_path / "c", anthropic_api_key=SecretStr("sk-x")), model="claude-haiku-4-5")
     assert judge is not None and judge.model == "claude-haiku-4-5"
-
-
-@pytest.fixture
-def kb_store(handbook_home, settings):
-    from storage.db import Store
-    from storage.knowledge import KnowledgeBase
-
-    shutil.copytree(handbook_home, settings.home, dirs_exist_ok=True)
-    store = Store(settings.db_path)
-    yield KnowledgeBase(settings, store), store
-    store.close()
 
 
 def test_gate_reports_judge_means_and_usage_but_decides_without_them(settings, kb_store, tmp_path) -> None:

@@ -4,7 +4,6 @@ it the training subprocess importing torch/transformers/trl)."""
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 from pathlib import Path
 
@@ -259,18 +258,6 @@ def test_compare_promotes_only_a_clear_improvement_without_guard_regressions():
     guarded = compare(_report((0.70, 0.70), groundedness=0.80), current, base, 0.02, 0.02)
     assert not guarded.promote and any("groundedness" in r for r in guarded.reasons)
     assert compare(_report((0.70, 0.70), refusal=0.99), current, base, 0.02, 0.02).promote  # within tolerance
-
-
-@pytest.fixture
-def kb_store(handbook_home, settings):
-    """The ingested handbook in this test's home; the store opens after the copy, not before."""
-    from storage.db import Store
-    from storage.knowledge import KnowledgeBase
-
-    shutil.copytree(handbook_home, settings.home, dirs_exist_ok=True)
-    store = Store(settings.db_path)
-    yield KnowledgeBase(settings, store), store
-    store.close()
 
 
 def test_gate_end_to_end_rejects_a_broken_candidate(settings, kb_store, tiny_model_dir):

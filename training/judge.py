@@ -17,7 +17,6 @@ The client, retries (429/5xx, `retry-after`) and cost accounting are the teacher
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -25,7 +24,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from agent.prompts import format_context
-from training.teachers import AnthropicTeacher, TeacherUsage
+from training.teachers import AnthropicTeacher, TeacherUsage, tool_inputs
 
 if TYPE_CHECKING:
     from storage.config import Settings
@@ -101,15 +100,7 @@ def _score(value: Any) -> int | None:
 
 def parse_scores(response: Any) -> dict[str, Any] | None:
     """The scores of the `record_scores` call; None when any criterion is missing or not a number."""
-    for block in getattr(response, "content", []) or []:
-        if getattr(block, "type", "") != "tool_use" or getattr(block, "name", "") != SCORE_TOOL["name"]:
-            continue
-        payload: Any = block.input
-        if isinstance(payload, str):  # some proxies hand back the JSON as a string
-            try:
-                payload = json.loads(payload)
-            except json.JSONDecodeError:
-                return None
+    for payload in tool_inputs(response, SCORE_TOOL["name"]):
         if not isinstance(payload, dict):
             return None
         scores: dict[str, Any] = {name: _score(payload.get(name)) for name in CRITERIA}

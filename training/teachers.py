@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -221,18 +221,24 @@ class AnthropicTeacher:
         return text.strip() or None
 
 
-def _parse_pairs(response: Any, known: set[str]) -> list[QAPair]:
-    """Pairs from the tool call; malformed items and unknown chunk ids are dropped, never fatal."""
-    out: list[QAPair] = []
+def tool_inputs(response: Any, name: str | None = None) -> Iterator[Any]:
+    """The input of each `tool_use` block (of tool `name` if given), JSON-decoded; None when undecodable."""
     for block in getattr(response, "content", []) or []:
-        if getattr(block, "type", "") != "tool_use":
+        if getattr(block, "type", "") != "tool_use" or (name and getattr(block, "name", "") != name):
             continue
         payload: Any = block.input
         if isinstance(payload, str):  # some proxies hand back the JSON as a string
             try:
                 payload = json.loads(payload)
             except json.JSONDecodeError:
-                continue
+                payload = None
+        yield payload
+
+
+def _parse_pairs(response: Any, known: set[str]) -> list[QAPair]:
+    """Pairs from the tool call; malformed items and unknown chunk ids are dropped, never fatal."""
+    out: list[QAPair] = []
+    for payload in tool_inputs(response):
         items = payload.get("pairs") if isinstance(payload, dict) else None
         for item in items if isinstance(items, list) else []:
             if not isinstance(item, dict):
