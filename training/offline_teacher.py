@@ -120,9 +120,14 @@ def _cell_case(text: str) -> str:
     return text[0].lower() + text[1:] if first in _LOWERABLE else text
 
 
-def _topic(heading: str) -> str:
+def _leaf(heading: str) -> str:
+    """The last heading of a path without its section number: `2. Setup > 2.1 Laptop` -> `Laptop`."""
     leaf = heading.split(" > ")[-1] if heading else ""
-    return _lower_first(re.sub(r"^\d+(?:\.\d+)*\.?\s+", "", leaf).strip())
+    return re.sub(r"^\d+(?:\.\d+)*\.?\s+", "", leaf).strip()
+
+
+def _topic(heading: str) -> str:
+    return _lower_first(_leaf(heading))
 
 
 def _sentence(text: str) -> str:
@@ -250,7 +255,7 @@ def lead_pair(text: str, heading: str) -> tuple[str, str, str] | None:
 
     Reference pages (pragmas, functions, options, commands) open each item's section with what it
     does; the syntax lines before that are skipped."""
-    leaf = re.sub(r"^\d+(?:\.\d+)*\.?\s+", "", heading.split(" > ")[-1]).strip() if heading else ""
+    leaf = _leaf(heading)
     words = leaf.split()
     if (not 1 <= len(words) <= 5 or set(w.lower() for w in words) <= _GENERIC_HEADINGS or leaf.endswith("?")
             or words[0].lower() in ("list", "table", "index", "appendix")):

@@ -206,21 +206,21 @@ def lora_config(cfg: RunConfig, model: Any) -> Any:
 
     With the lower layers frozen and adapter-free, autograd never backpropagates through them; on CPU
     backward is about half of a step, so adapting only the top layers makes steps faster
-    (`bench/train_speed.py`), and the top layers are where answer format and copying are learned."""
+    (`bench/train_speed.py`); the seed experiment in the README was trained this way."""
     import torch
     from peft import LoraConfig
 
     num_layers = model.config.num_hidden_layers
     top = max(1, round(num_layers * cfg.lora_layers))
-    if top >= num_layers:
-        return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                          target_modules="all-linear", task_type="CAUSAL_LM")
-    # peft wants module names (not "all-linear") with layers_to_transform: the decoder's linear layers.
-    names = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-                    if isinstance(module, torch.nn.Linear) and re.search(r"\.\d+\.", name)})
+    targets: Any = "all-linear"
+    layers = None
+    if top < num_layers:
+        # peft wants module names (not "all-linear") with layers_to_transform: the decoder's linear layers.
+        targets = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                          if isinstance(module, torch.nn.Linear) and re.search(r"\.\d+\.", name)})
+        layers = list(range(num_layers - top, num_layers))
     return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=names, task_type="CAUSAL_LM",
-                      layers_to_transform=list(range(num_layers - top, num_layers)))
+                      target_modules=targets, task_type="CAUSAL_LM", layers_to_transform=layers)
 
 
 def make_callback(output_dir: Path) -> Any:
