@@ -2,11 +2,19 @@
 
     flywheel eval --qa ../shared/eval/sqlite/qa.jsonl --docs ../shared/eval/sqlite/docs --out results.jsonl
 
+    flywheel eval --qa ../shared/eval/sqlite/qa.jsonl --qa bench/eval/sqlite_unanswerable.jsonl --out r.jsonl
+
 Each QA line has `question`, `answer` (reference), `must_include` (strings), and `source` (file name)
-and/or `pages` (1-based physical page indices). Scores: hit@1, hit@5 and MRR (a retrieved chunk from
+and/or `pages` (1-based physical page indices); `"unanswerable": true` marks a question the documents
+don't answer (the right reply is the refusal). Scores: hit@1, hit@5 and MRR (a retrieved chunk from
 the item's source, on one of its pages when given), accuracy (every must_include string in the answer,
-case-insensitive), token-F1 and ROUGE-L against the reference, groundedness (share of answer sentences
-supported by the cited chunks), and latency p50/p95.
+case-insensitive, and not a refusal), token-F1 and ROUGE-L against the reference, groundedness (share
+of answer sentences supported by the cited chunks), latency p50/p95, and refusals both ways:
+`false_refusal` (answerable questions refused) and `correct_refusal` (unanswerable questions refused).
+`produced_by_<kind>` is the share of answers written by the model, quoted, refused or smalltalk.
+
+Eval answers are not recorded as usage (no interaction rows): they would otherwise turn into
+training data and inflate the bot's usage numbers.
 """
 
 from __future__ import annotations
@@ -23,7 +31,11 @@ from rich.table import Table
 from agent.metrics import contains_all, groundedness, hit_at_k, percentile, reciprocal_rank, rouge_l, token_f1
 
 
-def load_qa(path: Path, limit: int = 0) -> list[dict[str, Any]]:
+def load_qa(path: Path | list[Path], limit: int = 0) -> list[dict[str, Any]]:
+    """QA items from one JSONL file or several, in order; ids default to `q001`… per file."""
+    if isinstance(path, list | tuple):
+        items = [item for p in path for item in load_qa(p)]
+        return items[:limit] if limit else items
     items = []
     for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
         if not line.strip():
@@ -47,9 +59,14 @@ def score_item(item: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
         scores["mrr"] = reciprocal_rank(retrieved, source, pages)
     answer = result.get("answer")
     if answer is not None:
+        refused = result.get("produced_by") == "refusal" or not result.get("grounded")
+        if item.get("unanswerable"):
+            scores["correct_refusal"] = refused
+            return scores
+        scores["false_refusal"] = refused
         if item.get("must_include"):
             # A refusal never counts, even when its list of closest sources happens to name the key string.
-            scores["accuracy"] = bool(result.get("grounded")) and contains_all(answer, item["must_include"])
+            scores["accuracy"] = not refused and contains_all(answer, item["must_include"])
         if item.get("answer"):
             scores["f1"] = token_f1(answer, item["answer"])
             scores["rouge_l"] = rouge_l(answer, item["answer"])
@@ -78,15 +95,18 @@ def run_eval(agent, qa_path: Path, out: Path | None = None, limit: int = 0, retr
                 retrieved = [{"source": h.source, "page": h.page, "score": h.score} for h in search.hits]
                 result = {"answer": None, "citations": [], "retrieved": retrieved, "grounded": None}
             else:
-                answer = agent.answer(item["question"], surface="eval")
-                result = {"answer": answer.answer, "citations": answer.citations, "retrieved": answer.retrieved,
-                          "grounded": answer.grounded}
+                answer = agent.answer(item["question"], surface="eval", record=False)
+                result = {"answer": answer.answer, "produced_by": answer.produced_by, "draft": answer.draft,
+                          "citations": answer.citations, "retrieved": answer.retrieved, "grounded": answer.grounded,
+                          "passages": answer.passages, "timings_ms": answer.timings_ms}
+                agent.forget(answer.thread_id)  # eval threads don't belong in the conversation store
             result["latency_ms"] = round((time.perf_counter() - started) * 1000, 1)
             row = {"id": item["id"], "question": item["question"], **result}
             row["scores"] = score_item(item, result)
             rows.append(row)
             if sink:
                 public = {**row, "citations": [{k: v for k, v in c.items() if k != "text"} for c in row["citations"]]}
+                public.pop("passages", None)  # kept in memory for the summary; the texts would bloat the file
                 sink.write(json.dumps(public, ensure_ascii=False) + "\n")
                 sink.flush()
             bar.advance(task)
@@ -95,10 +115,15 @@ def run_eval(agent, qa_path: Path, out: Path | None = None, limit: int = 0, retr
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     summary: dict[str, Any] = {"n": len(rows)}
-    for key in ("hit@1", "hit@5", "mrr", "accuracy", "f1", "rouge_l", "groundedness", "grounded"):
+    for key in ("hit@1", "hit@5", "mrr", "accuracy", "f1", "rouge_l", "groundedness", "grounded",
+                "false_refusal", "correct_refusal"):
         values = [float(r["scores"][key]) for r in rows if key in r["scores"]]
         if values:
             summary[key] = round(mean(values), 4)
+    answered = [r for r in rows if r.get("produced_by")]
+    for kind in ("model", "quote", "refusal", "smalltalk"):
+        if answered:
+            summary[f"produced_by_{kind}"] = round(sum(r["produced_by"] == kind for r in answered) / len(answered), 4)
     latencies = [r["latency_ms"] for r in rows]
     if latencies:
         summary["latency_p50_ms"] = round(percentile(latencies, 50), 1)

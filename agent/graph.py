@@ -20,10 +20,10 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any, TypedDict
 
-from agent.grounding import attribute_citations, extractive_answer
+from agent.grounding import check_draft, choose_quote
 from agent.prompts import CONDENSE_PROMPT, NOT_FOUND, build_messages, passage_label
 from agent.retrieval import Hit, Retriever
 from storage.config import Settings
@@ -67,13 +67,28 @@ class AnswerState(TypedDict, total=False):
     draft: str
     adapter: str | None
     answer: str
+    produced_by: str  # model | quote | refusal | smalltalk
     grounded: bool
     citations: list[dict[str, Any]]
+    check: dict[str, Any]  # per-sentence verdicts and the quote's score (kept in the turn record)
     timings: dict[str, float]
+
+
+PRODUCERS = ("model", "quote", "refusal", "smalltalk")
 
 
 @dataclass
 class Answer:
+    """One complete turn: the only contract between serving and learning.
+
+    The gate scores it, `flywheel eval` writes it, and storage keeps it (table `interactions`) for the
+    dataset builder: `draft` is what the model wrote before the check (DPO's rejected side is this, not
+    the final text), `answer` what the user saw, `produced_by` which of the model's text (checked and
+    trimmed), a quote of a passage, a refusal, or a smalltalk reply it is. `passages` are the chunks
+    shown to the model, in prompt order ([n] in the answer is passages[n-1]): dicts with `chunk_id`,
+    `source`, `page`, `heading`, `text`. `prompt` is the exact chat the model saw ([] when it never ran).
+    """
+
     question: str
     answer: str
     grounded: bool
@@ -83,15 +98,24 @@ class Answer:
     model: str | None
     adapter: str | None
     route: str
+    produced_by: str = "refusal"
+    draft: str = ""
+    passages: list[dict[str, Any]] = field(default_factory=list)
+    prompt: list[dict[str, str]] = field(default_factory=list)
     interaction_id: str | None = None
     thread_id: str | None = None
     query: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def refused(self) -> bool:
+        return self.produced_by == "refusal"
+
     def as_json(self) -> dict[str, Any]:
         """The `flywheel ask --json` contract."""
         return {
             "answer": self.answer,
+            "produced_by": self.produced_by,
             "citations": [
                 {k: c.get(k) for k in ("n", "source", "page", "heading", "chunk_id", "score")} for c in self.citations
             ],
@@ -137,7 +161,7 @@ class Agent:
 
     def smalltalk(self, state: AnswerState) -> dict:
         reply = SMALLTALK[state["route"]][1]
-        return {"answer": reply, "grounded": True, "citations": [], "hits": [], "draft": reply}
+        return {"answer": reply, "produced_by": "smalltalk", "grounded": True, "citations": [], "hits": []}
 
     def condense(self, state: AnswerState) -> dict:
         """Make a follow-up standalone. A 135M model rewrites questions unreliably, so for the local
@@ -200,27 +224,28 @@ class Agent:
         return {"draft": "".join(pieces).strip(), "prompt": messages, "adapter": adapter, "timings": timings}
 
     def check(self, state: AnswerState) -> dict:
-        """Keep the model's answer only if the context supports it; otherwise quote the passage that
-        answers (when retrieval is confident) or say plainly that the documents don't say."""
+        """Show the model's supported sentences (produced_by "model"); when none hold up, quote the passage
+        sentence that best matches the question ("quote"); when even that is a weak match, the
+        documents don't say ("refusal"). A draft that refuses is overruled only by a strong quote."""
         started = time.perf_counter()
         passages = [Hit(**h) for h in state["context"]]
         draft = state["draft"]
+        embed = self.kb.embedder.encode
         refused = NOT_FOUND.lower().rstrip(".") in draft.lower()
-        attribution = attribute_citations(draft, passages)
-        if not refused and attribution.supported:
-            answer, cited = attribution.answer, attribution.cited
+        checked = check_draft(draft, state["query"], passages, embed) if not refused else None
+        quote = choose_quote(state["query"], passages, embed)
+        needed = self.settings.min_quote_score + (self.settings.refusal_margin if refused else 0.0)
+        extra = {"checks": [asdict(c) for c in checked.checks] if checked else [],
+                 "quote_score": quote.score if quote else None}
+        if checked is not None and checked.supported:
+            answer, cited, produced_by = checked.answer, checked.cited, "model"
+        elif quote is not None and quote.score >= needed:
+            answer, cited, produced_by = quote.answer, quote.cited, "quote"
         else:
-            # Questions are usually worded unlike the docs; when retrieval is confident the topic is
-            # right, so a sentence sharing fewer of the question's words is still the answer.
-            coverage = self.settings.min_quote_coverage
-            if state.get("best_dense", 0.0) >= self.settings.confident_relevance:
-                coverage /= 2
-            quote = extractive_answer(state["query"], passages, coverage)
-            if quote is None:
-                return {**self._not_found(state), "timings": _timed(state, "check_ms", started)}
-            answer, cited = quote
+            return {**self._not_found(state), "check": extra, "timings": _timed(state, "check_ms", started)}
         citations = [_citation(n, passages[n - 1]) for n in cited]
-        return {"answer": answer, "grounded": True, "citations": citations, "timings": _timed(state, "check_ms", started)}
+        return {"answer": answer, "produced_by": produced_by, "grounded": True, "citations": citations,
+                "check": extra, "timings": _timed(state, "check_ms", started)}
 
     def not_found(self, state: AnswerState) -> dict:
         return self._not_found(state)
@@ -230,7 +255,7 @@ class Agent:
         answer = NOT_FOUND
         if closest:
             answer += " The closest passages I found:\n" + "\n".join(f"• {passage_label(h)}" for h in closest)
-        return {"answer": answer, "grounded": False, "citations": []}
+        return {"answer": answer, "produced_by": "refusal", "grounded": False, "citations": []}
 
     def finalize(self, state: AnswerState) -> dict:
         turns = [{"role": "user", "content": state["question"]}, {"role": "assistant", "content": state["answer"]}]
@@ -276,8 +301,8 @@ class Agent:
         thread_id = thread_id or f"once:{uuid.uuid4().hex}"
         turn = {
             "question": question, "sources": sources, "route": "", "query": question, "hits": [], "context": [],
-            "prompt": [], "draft": "", "adapter": None, "answer": "", "grounded": False, "citations": [], "timings": {},
-            "best_dense": 0.0,
+            "prompt": [], "draft": "", "adapter": None, "answer": "", "produced_by": "refusal", "grounded": False,
+            "citations": [], "timings": {}, "best_dense": 0.0,
         }
         state: dict[str, Any] = {}
         config = {"configurable": {"thread_id": thread_id}}
@@ -295,10 +320,14 @@ class Agent:
              "score": round(h["score"], 5), "dense": h["dense"], "lexical": h["lexical"]}
             for h in state.get("hits", [])
         ]
+        passages = [{k: h.get(k) for k in ("chunk_id", "source", "page", "heading", "text")}
+                    for h in state.get("context", [])] if used_model else []
         result = Answer(
             question=question, answer=state["answer"], grounded=state["grounded"], citations=state["citations"],
             retrieved=retrieved, timings_ms=timings, model=model, adapter=adapter, route=state["route"],
-            thread_id=thread_id, query=state.get("query"),
+            produced_by=state.get("produced_by") or "refusal", draft=state.get("draft", "") if used_model else "",
+            passages=passages, prompt=state.get("prompt") or [], thread_id=thread_id, query=state.get("query"),
+            extra={"check": state.get("check") or {}, "best_dense": state.get("best_dense", 0.0)},
         )
         if record:
             result.interaction_id = self.store.record_interaction(
@@ -306,6 +335,7 @@ class Agent:
                 condensed_question=state.get("query"), answer=result.answer, grounded=result.grounded,
                 route=result.route, citations=result.citations, retrieved=retrieved,
                 prompt=_prompt_text(state.get("prompt")), model=model, adapter=adapter, timings=timings,
+                draft=result.draft or None, produced_by=result.produced_by, passages=passages,
             )
         return result
 

@@ -1,19 +1,40 @@
-"""Grounding: which passages an answer's sentences come from, and a quote when the model's own
-answer isn't supported.
+"""Grounding: which passage each answer sentence comes from, which sentences may be shown, and a quote
+when none of the model's own text holds up.
 
-A 135M model often forgets to cite, cites a passage that isn't there, or drifts from its context.
-So citations are checked and completed here rather than trusted: a sentence is supported when most
-of its content words appear in one passage, and that passage is what it cites.
+A 135M model forgets citations, cites a passage that isn't there, echoes the question back, or adds a
+sentence it invented next to one it copied. So its draft is judged sentence by sentence, never as a
+whole; a sentence is shown only when one passage supports what it *adds* to the question:
+
+* novel terms: the sentence's analyzed terms (storage.text.terms: stemmed, Unicode-aware, the BM25
+  analyzer) minus the question's. None left means it restates the question ("echo") — not an answer.
+* numbers: every number it states must be in that passage ("180 * 3 = 560" is dropped when 560 isn't).
+* support: lexical (share of novel terms found in the passage) combined with semantic similarity
+  (the bundled embedder's cosine between the sentence and the passage's best-matching sentence), so a
+  paraphrase in the user's words passes and a fluent invention that borrows two words does not.
+
+Unsupported sentences are dropped, supported ones get their passage's [n]. A quote (the fallback) is
+chosen the same way — semantic + lexical match with the question — from real sentences only, never
+table-of-contents, index or dot-leader lines.
+
+    check = check_draft(draft, question, passages, embed)   # -> Attribution (kept sentences, citations)
+    quote = choose_quote(question, passages, embed)         # -> Quote | None
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from agent.prompts import Passage
+import numpy as np
 
+from agent.prompts import Passage
+from storage.text import split_sentences, terms
+
+Embed = Callable[[list[str]], np.ndarray]  # texts -> (n, d) L2-normalized rows
+
+# The offline teacher lower-cases these when it rewrites a heading into a question (its own word list,
+# kept here for it); the analyzer's stopwords are storage.text.stopwords().
 STOPWORDS = frozenset(
     """a an the and or but if then else of to in on at by for with from as is are was were be been being
     it its this that these those there here which who whom what when where why how do does did done can
@@ -21,21 +42,30 @@ STOPWORDS = frozenset(
     up down over under again about i you he she we they me him her us them my your our their his hers
     any all each every some more most other own same both few nor one use used using""".split()
 )
-_TOKEN = re.compile(r"[A-Za-z0-9_]+(?:[.'-][A-Za-z0-9_]+)*")
 _MARKER = re.compile(r"\s*\[(\d{1,2})\]")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[*•-])|\n+")
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+# Lines that are navigation, not prose: dot leaders ("Shell Builtins ....... 41"), runs of page numbers
+# ("grep, 12, 45, 78"), or bare headings/labels of a few words.
+_DOT_LEADER = re.compile(r"(?:\.\s*){4,}|(?:…\s*){2,}|\s\d+(?:\s*,\s*\d+){2,}\s*$")
+
+# Set with MiniLM-L6 on the cases in tests/test_grounding.py: a faithful paraphrase scores cosine >= 0.8
+# with its source sentence; a sentence that mixes the passage's words with invented ones ("receipts are
+# reimbursed within 30 days by the finance team") shares half its new words at cosine ~0.6.
+LEXICAL_ALONE = 0.75  # this share of novel terms in one passage supports a sentence by itself
+LEXICAL_WITH_MEANING = 0.5  # ... or this share plus cosine >= SEMANTIC_WITH_WORDS
+SEMANTIC_WITH_WORDS = 0.65
+LEXICAL_PARAPHRASE = 0.34  # a close paraphrase (cosine >= SEMANTIC_PARAPHRASE) shares fewer words
+SEMANTIC_PARAPHRASE = 0.8
 
 
 def content_tokens(text: str) -> set[str]:
-    """Lower-cased content words, crudely stemmed to their first 6 letters (deploys ~ deployment)."""
-    return {t.lower()[:6] for t in _TOKEN.findall(text) if t.lower() not in STOPWORDS and len(t) > 1}
+    """Analyzed content terms (storage.text.terms), the unit every overlap in the project counts."""
+    return terms(text)
 
 
 def sentences(text: str) -> list[str]:
-    return [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
-
-
-_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+    """Sentences of an answer or passage: the project's splitter, a line break also ending one."""
+    return split_sentences(text, lines=True)
 
 
 def numbers(text: str) -> set[str]:
@@ -43,52 +73,133 @@ def numbers(text: str) -> set[str]:
     return {n.replace(",", "") for n in _NUMBER.findall(text)}
 
 
-def support(sentence: str, passage_text: str) -> float:
-    """Share of the sentence's content words that appear in the passage; 0 when the sentence states a
-    number the passage doesn't have (small models invent figures while echoing the passage's words)."""
-    bare = _MARKER.sub("", sentence)
+def strip_markers(text: str) -> str:
+    return _MARKER.sub("", text).strip()
+
+
+def support(sentence: str, passage_text: str, question: str = "") -> float:
+    """Lexical support: share of the sentence's novel terms (not in `question`) found in the passage;
+    0 when it states a number the passage doesn't have or adds nothing to the question."""
+    bare = strip_markers(sentence)
     if not numbers(bare) <= numbers(passage_text):
         return 0.0
-    words = content_tokens(bare)
-    if not words:
-        return 1.0
-    return len(words & content_tokens(passage_text)) / len(words)
+    novel = terms(bare) - terms(question)
+    if not novel:
+        return 0.0 if question else 1.0
+    return len(novel & terms(passage_text)) / len(novel)
+
+
+def is_navigation(line: str) -> bool:
+    """Table-of-contents, index and dot-leader lines, and fragments too short to be a statement."""
+    words = re.findall(r"\w+", line)
+    if len(words) < 4 or _DOT_LEADER.search(line):
+        return True
+    digits = sum(w.isdigit() for w in words)
+    return digits / len(words) > 0.5
+
+
+@dataclass
+class SentenceCheck:
+    text: str  # without markers
+    passage: int | None  # 1-based passage that supports it best
+    lexical: float
+    semantic: float
+    supported: bool
+    reason: str  # supported | echo | number | unsupported | empty
 
 
 @dataclass
 class Attribution:
-    answer: str  # the answer with valid, completed [n] markers
+    answer: str  # the supported sentences, each with its valid [n] marker(s)
     cited: list[int] = field(default_factory=list)  # passage numbers, 1-based, in order of first use
-    support: float = 0.0  # share of judged sentences supported by some passage
-    supported: bool = False
+    support: float = 0.0  # share of the draft's sentences that were kept
+    supported: bool = False  # at least one sentence kept, so the model's own text can be shown
+    checks: list[SentenceCheck] = field(default_factory=list)
 
 
-def attribute_citations(draft: str, passages: Sequence[Passage], threshold: float = 0.5) -> Attribution:
-    """Drop invalid markers, add the missing ones, and judge whether the draft is grounded."""
+def _passage_text(p: Passage) -> str:
+    return f"{p.heading or ''}\n{p.text}"
+
+
+class _Similarity:
+    """Cosine between texts and each passage's sentences, embedding every sentence once per check."""
+
+    def __init__(self, embed: Embed | None, passages: Sequence[Passage]):
+        self.embed = embed
+        self.spans: list[tuple[int, int]] = []
+        self.units: list[str] = []
+        for p in passages:
+            parts = [s for s in sentences(p.text) if not is_navigation(s)] or [p.text]
+            self.spans.append((len(self.units), len(self.units) + len(parts)))
+            self.units.extend(parts)
+        self.vectors = embed(self.units) if embed and self.units else None
+
+    def against(self, texts: list[str]) -> np.ndarray:
+        """(len(texts), n_passages) best cosine of each text with any sentence of each passage."""
+        if self.vectors is None or not texts:
+            return np.zeros((len(texts), len(self.spans)), dtype=np.float32)
+        sims = self.embed(texts) @ self.vectors.T
+        return np.stack([sims[:, a:b].max(axis=1) for a, b in self.spans], axis=1)
+
+
+def _judge(lexical: float, semantic: float) -> bool:
+    return (lexical >= LEXICAL_ALONE or (lexical >= LEXICAL_WITH_MEANING and semantic >= SEMANTIC_WITH_WORDS)
+            or (lexical >= LEXICAL_PARAPHRASE and semantic >= SEMANTIC_PARAPHRASE))
+
+
+def check_draft(draft: str, question: str, passages: Sequence[Passage], embed: Embed | None = None) -> Attribution:
+    """Keep the draft's supported sentences with valid, completed [n] markers; drop the rest.
+
+    A sentence's own marker is kept when that passage supports it, else the best supporting passage is
+    cited. Without `embed` only lexical support counts (stricter: paraphrases are dropped)."""
     if not draft.strip() or not passages:
-        return Attribution(answer=draft)
-    out, cited, judged, backed = [], [], 0, 0
-    for sentence in sentences(draft):
-        markers = [int(m) for m in _MARKER.findall(sentence) if 1 <= int(m) <= len(passages)]
-        bare = _MARKER.sub("", sentence).strip()
-        if not bare:
+        return Attribution(answer="")
+    parts = [(s, [int(m) for m in _MARKER.findall(s) if 1 <= int(m) <= len(passages)], strip_markers(s))
+             for s in sentences(draft)]
+    parts = [p for p in parts if p[2]]
+    similarity = _Similarity(embed, passages)
+    semantic = similarity.against([bare for _, _, bare in parts])
+    asked = terms(question)
+    texts = [_passage_text(p) for p in passages]
+    kept, cited, checks = [], [], []
+    for i, (_, markers, bare) in enumerate(parts):
+        novel = terms(bare) - asked
+        if not terms(bare):
+            checks.append(SentenceCheck(bare, None, 0.0, 0.0, False, "empty"))
             continue
-        scores = [support(bare, p.text + " " + (p.heading or "")) for p in passages]
-        best = max(range(len(passages)), key=lambda i: scores[i])
-        if len(content_tokens(bare)) >= 3:  # too short to judge ("Yes.", "Steps:")
-            judged += 1
-            if scores[best] >= threshold:
-                backed += 1
-                if not markers:
-                    markers = [best + 1]
-        # Keep only markers whose passage really supports the sentence, or the best one.
-        markers = [m for m in dict.fromkeys(markers) if scores[m - 1] >= threshold] or (
-            [best + 1] if scores[best] >= threshold else []
-        )
-        cited.extend(m for m in markers if m not in cited)
-        out.append(_with_markers(bare, markers))
-    share = backed / judged if judged else 0.0
-    return Attribution(answer=" ".join(out), cited=cited, support=share, supported=judged > 0 and share >= 0.5)
+        if not novel:
+            checks.append(SentenceCheck(bare, None, 0.0, 0.0, False, "echo"))
+            continue
+        said = numbers(bare)
+        best: tuple[bool, float, int] | None = None
+        for j, text in enumerate(texts):
+            if not said <= numbers(text):
+                continue
+            lexical = len(novel & terms(text)) / len(novel)
+            ok = _judge(lexical, float(semantic[i, j]))
+            score = (ok, lexical + float(semantic[i, j]) + (0.5 if j + 1 in markers else 0.0), j)
+            best = score if best is None or score > best else best
+        if best is None:
+            checks.append(SentenceCheck(bare, None, 0.0, float(semantic[i].max(initial=0.0)), False, "number"))
+            continue
+        ok, _, j = best
+        lexical = len(novel & terms(texts[j])) / len(novel)
+        checks.append(SentenceCheck(bare, j + 1, round(lexical, 3), round(float(semantic[i, j]), 3), ok,
+                                    "supported" if ok else "unsupported"))
+        if ok:
+            kept.append(_with_markers(bare, [j + 1]))
+            if j + 1 not in cited:
+                cited.append(j + 1)
+    judged = [c for c in checks if c.reason != "empty"]
+    share = sum(c.supported for c in judged) / len(judged) if judged else 0.0
+    return Attribution(answer=" ".join(kept), cited=cited, support=round(share, 3), supported=bool(kept),
+                       checks=checks)
+
+
+def attribute_citations(draft: str, passages: Sequence[Passage], question: str = "",
+                        embed: Embed | None = None) -> Attribution:
+    """Back-compatible name for `check_draft`."""
+    return check_draft(draft, question, passages, embed)
 
 
 def _with_markers(sentence: str, markers: list[int]) -> str:
@@ -99,28 +210,65 @@ def _with_markers(sentence: str, markers: list[int]) -> str:
     return f"{sentence[:-1]} {tags}{sentence[-1]}" if match else f"{sentence} {tags}"
 
 
-def extractive_answer(
-    query: str, passages: Sequence[Passage], min_coverage: float = 0.4, max_sentences: int = 2
-) -> tuple[str, list[int]] | None:
-    """The passage sentence that best matches the question (plus the next one), quoted with its citation;
-    None when no sentence of the top passages holds `min_coverage` of the question's content words."""
-    wanted = content_tokens(query)
-    if not wanted:
+@dataclass
+class Quote:
+    answer: str  # 'The documents say: “…” [n]'
+    cited: list[int]
+    score: float  # combined match with the question, 0..1
+    semantic: float
+    lexical: float
+
+
+def choose_quote(question: str, passages: Sequence[Passage], embed: Embed | None = None,
+                 max_passages: int = 3, max_sentences: int = 2) -> Quote | None:
+    """The passage sentence that best answers the question (plus the next one when it continues it),
+    quoted with its citation; None when no real sentence shares anything with the question.
+
+    score = 0.6 · cosine(question, sentence) + 0.4 · share of the question's terms in the sentence or its
+    heading, minus 0.02 per passage rank (a tie goes to the better-ranked passage)."""
+    wanted = terms(question)
+    if not wanted or not passages:
         return None
-    best: tuple[float, int, int] | None = None  # (score, passage index, sentence index)
-    split = [sentences(p.text) for p in passages[:3]]
+    candidates: list[tuple[int, int, str]] = []  # (passage index, sentence index, text)
+    split = [sentences(p.text) for p in passages[:max_passages]]
     for pi, parts in enumerate(split):
-        for si, sentence in enumerate(parts):
-            overlap = len(wanted & content_tokens(sentence)) / len(wanted)
-            score = overlap - 0.05 * pi  # prefer the better-ranked passage on ties
-            if overlap >= min_coverage and overlap > 0 and (best is None or score > best[0]):
-                best = (score, pi, si)
+        candidates += [(pi, si, s) for si, s in enumerate(parts) if not is_navigation(s)]
+    if not candidates:
+        return None
+    if embed is not None:
+        sims = embed([question] + [c[2] for c in candidates])
+        cosine = sims[1:] @ sims[0]
+    else:
+        cosine = np.zeros(len(candidates), dtype=np.float32)
+    best: tuple[float, int, float, float] | None = None
+    for n, (pi, si, text) in enumerate(candidates):
+        heading = terms(passages[pi].heading or "")
+        lexical = len(wanted & (terms(text) | heading)) / len(wanted)
+        if lexical == 0 and cosine[n] < 0.5:
+            continue
+        weight = 0.6 if embed is not None else 0.0
+        score = weight * float(cosine[n]) + (1 - weight) * lexical - 0.02 * pi
+        if best is None or score > best[0]:
+            best = (score, n, float(cosine[n]), lexical)
     if best is None:
         return None
-    _, pi, si = best
-    chosen = split[pi][si : si + max_sentences]
-    if len(chosen) > 1 and len(chosen[0]) > 200:
-        chosen = chosen[:1]
+    score, n, cos, lexical = best
+    pi, si, _ = candidates[n]
+    chosen = [split[pi][si]]
+    following = split[pi][si + 1 : si + max_sentences]
+    if following and len(chosen[0]) < 160 and not is_navigation(following[0]):
+        chosen += following[:1]
     # A numbered list splits as "... success. 4." — drop the next item's dangling number.
     quote = re.sub(r"\s+\d{1,2}[.)]$", "", " ".join(chosen).strip())
-    return f"The documents say: “{quote}” [{pi + 1}]", [pi + 1]
+    return Quote(f"The documents say: “{quote}” [{pi + 1}]", [pi + 1], round(score, 3), round(cos, 3),
+                 round(lexical, 3))
+
+
+def extractive_answer(query: str, passages: Sequence[Passage], min_coverage: float = 0.0,
+                      max_sentences: int = 2, embed: Embed | None = None) -> tuple[str, list[int]] | None:
+    """Back-compatible wrapper of `choose_quote`: (answer, cited) when the quote's lexical match holds
+    at least `min_coverage` of the question's terms."""
+    quote = choose_quote(query, passages, embed, max_sentences=max_sentences)
+    if quote is None or quote.lexical < min_coverage:
+        return None
+    return quote.answer, quote.cited

@@ -133,21 +133,23 @@ def contains_all(answer: str, must_include: Iterable[str]) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-def _is_relevant(item: dict[str, Any], source: str, pages: Sequence[int] | None) -> bool:
-    """Whether one retrieved item is the gold evidence: right file and, if given, right page.
+def _is_relevant(item: dict[str, Any], source: str | None, pages: Sequence[int] | None) -> bool:
+    """Whether one retrieved item is the gold evidence: right file (when given) and right page (when given).
 
     Sources are compared by file name only, because retrieved items may carry a full path
-    ("/home/x/handbook/oncall.md") while eval sets name just "oncall.md".
+    ("/home/x/handbook/oncall.md") while eval sets name just "oncall.md". An item with `pages` and no
+    `source` (a single-document set) matches on the page alone.
     """
-    item_source = str(item.get("source") or "")
-    if item_source.replace("\\", "/").rsplit("/", 1)[-1] != source.replace("\\", "/").rsplit("/", 1)[-1]:
-        return False
+    if source:
+        item_source = str(item.get("source") or "")
+        if item_source.replace("\\", "/").rsplit("/", 1)[-1] != source.replace("\\", "/").rsplit("/", 1)[-1]:
+            return False
     if pages:
         return item.get("page") in set(pages)
     return True
 
 
-def hit_at_k(retrieved: Sequence[dict[str, Any]], source: str, pages: Sequence[int] | None, k: int) -> bool:
+def hit_at_k(retrieved: Sequence[dict[str, Any]], source: str | None, pages: Sequence[int] | None, k: int) -> bool:
     """True if any of the top `k` retrieved items comes from `source` (and one of `pages`).
 
     `retrieved` is in rank order; each item has "source" (file name) and "page" (int or None).
@@ -156,7 +158,7 @@ def hit_at_k(retrieved: Sequence[dict[str, Any]], source: str, pages: Sequence[i
     return any(_is_relevant(item, source, pages) for item in retrieved[: max(k, 0)])
 
 
-def reciprocal_rank(retrieved: Sequence[dict[str, Any]], source: str, pages: Sequence[int] | None) -> float:
+def reciprocal_rank(retrieved: Sequence[dict[str, Any]], source: str | None, pages: Sequence[int] | None) -> float:
     """1 / rank of the first relevant item (rank 1 = first), or 0.0 if none is relevant.
 
     Averaging this over questions gives MRR.

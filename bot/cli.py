@@ -396,7 +396,7 @@ def gate(
     _run_gate(version, qa, apply=apply, as_json=as_json)
 
 
-def _run_gate(version: str, qa: Path | None, apply: bool, as_json: bool) -> None:
+def _run_gate(version: str, qa: Path | list[Path] | None, apply: bool, as_json: bool) -> None:
     from agent.evaluate import load_qa
     from storage.db import Store
     from storage.knowledge import KnowledgeBase
@@ -438,7 +438,8 @@ def _run_gate(version: str, qa: Path | None, apply: bool, as_json: bool) -> None
 
 @app.command("eval")
 def evaluate(
-    qa: Annotated[Optional[Path], typer.Option(help="JSONL: question, answer, must_include, source and/or pages.")] = None,
+    qa: Annotated[Optional[list[Path]], typer.Option(help="JSONL: question, answer, must_include, source and/or "
+                                                     "pages, or unanswerable: true (repeatable).")] = None,
     adapter: Annotated[Optional[str], typer.Option(help="Compare this adapter with the current one and the base "
                                                    "(held-out distilled questions + --qa); nothing is promoted.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Write one result per line here.")] = None,
@@ -454,7 +455,7 @@ def evaluate(
     if adapter:
         _run_gate(adapter, qa, apply=False, as_json=as_json)
         return
-    if qa is None:
+    if not qa:
         err.print("--qa FILE is required (or --adapter VERSION).")
         raise typer.Exit(2)
     agent = _agent()

@@ -23,19 +23,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from storage.documents import Block, Chunk, ParsedDocument
+from storage.text import split_sentences
 
 # Separator cost in tokens when pieces are joined (BPE tokenizers may spend one on "\n\n").
 _JOIN_COST = 1
 _PARAGRAPH_SEP = "\n\n"
 
-# Words ending in "." that do not end a sentence ("e.g. SQLite", "Dr. Smith", initials "J. Doe").
-_ABBREVIATIONS = {
-    "e.g.", "i.e.", "cf.", "vs.", "viz.", "mr.", "mrs.", "ms.", "dr.", "prof.", "st.", "fig.", "figs.", "no.",
-    "nos.", "vol.", "approx.", "al.", "inc.", "ltd.", "jr.", "sr.", "sec.", "ch.", "eq.", "p.", "pp.",
-}
-# A candidate boundary: terminal punctuation (plus closing quotes/brackets), whitespace, then a
-# capital, digit or opening quote/bracket. Decimals ("3.14") have no whitespace and never match.
-_BOUNDARY = re.compile(r"(?<=[.!?])([\"'\u201d\u2019)\]]*)\s+(?=[\"'\u201c\u2018(\[]?[A-Z0-9])")
 
 
 @dataclass
@@ -66,21 +59,6 @@ def chunk_document(
         for text, tokens, page in _pack(pieces, count_tokens, max_tokens, overlap):
             chunks.append(Chunk(text=text, ord=len(chunks), tokens=tokens, page=page, heading=heading))
     return chunks
-
-
-def split_sentences(text: str) -> list[str]:
-    """Split prose into sentences without breaking after "e.g.", "i.e.", initials or in decimals."""
-    sentences, start = [], 0
-    for match in _BOUNDARY.finditer(text):
-        end = match.end(1)  # keep closing quotes/brackets with their sentence
-        words = text[start:end].split()
-        last = words[-1].lower().rstrip("\"'\u201d\u2019)]") if words else ""
-        if last in _ABBREVIATIONS or re.fullmatch(r"[a-z]\.", last):
-            continue
-        sentences.append(text[start:end].strip())
-        start = match.end()
-    sentences.append(text[start:].strip())
-    return [s for s in sentences if s]
 
 
 def _sections(blocks: list[Block]) -> Iterator[tuple[tuple[str, ...], list[tuple[int, Block]]]]:

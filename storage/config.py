@@ -58,11 +58,12 @@ class Settings(BaseSettings):
         480, description="Token budget of the context; prefill dominates time to first token on CPU."
     )
     min_relevance: float = Field(0.35, description="Below this best dense similarity, the docs don't answer.")
-    min_quote_coverage: float = Field(
-        0.4, description="A quoted fallback must contain this share of the question's content words."
+    min_quote_score: float = Field(
+        0.45, description="When no sentence of the model's draft is supported, the best passage sentence is quoted "
+        "if its match with the question (0.6·cosine + 0.4·term share) reaches this; below it the documents don't say."
     )
-    confident_relevance: float = Field(
-        0.55, description="From this best dense similarity on, a quote needs only half that coverage."
+    refusal_margin: float = Field(
+        0.1, description="When the model itself replies that the documents don't say, a quote needs this much more."
     )
 
     # --- generation ---------------------------------------------------------------------------

@@ -151,6 +151,13 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX idx_slack_events_received ON slack_events(received_at);
     """,
+    # 3: the whole turn record: what the model wrote before the check, who produced the answer, and the
+    # passages it was shown (the dataset builder and the gate learn from these, not from the final text)
+    """
+    ALTER TABLE interactions ADD COLUMN draft TEXT;             -- the model's own text, before the check
+    ALTER TABLE interactions ADD COLUMN produced_by TEXT;       -- model | quote | refusal | smalltalk
+    ALTER TABLE interactions ADD COLUMN passages TEXT;          -- JSON list: the passages shown to the model
+    """,
 ]
 
 
@@ -246,7 +253,7 @@ class Store:
     # --- interactions and feedback ------------------------------------------------------------
     def record_interaction(self, **fields: Any) -> str:
         row = {"id": fields.pop("id", None) or new_id(), "created_at": now(), **fields}
-        for key in ("citations", "retrieved", "timings"):
+        for key in ("citations", "retrieved", "timings", "passages"):
             row[key] = _json(row.get(key) or ([] if key != "timings" else {}))
         row["grounded"] = int(bool(row.get("grounded")))
         with self.lock:
@@ -364,7 +371,7 @@ def _json(value: Any) -> str | None:
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
-_JSON_COLUMNS = {"citations", "retrieved", "timings", "warnings", "durations", "counts", "metrics", "config",
+_JSON_COLUMNS = {"citations", "retrieved", "timings", "passages", "warnings", "durations", "counts", "metrics", "config",
                  "data_counts", "losses", "detail"}
 
 

@@ -157,7 +157,7 @@ class LexicalIndex:
             self._load()
             if self._retriever is None:
                 return []
-            tokens = tokenize([text], return_ids=False)[0]
+            tokens = [t for t in tokenize([text])[0] if t]
             vocab = self._retriever.vocab_dict
             tokens = [t for t in tokens if t in vocab]
             if not tokens:
@@ -171,9 +171,6 @@ class LexicalIndex:
         return [(self._ids[int(d)], float(s)) for d, s in zip(docs[0], scores[0]) if s > 0]
 
 
-_STEMMER = None
-
-
 def _bm25s():
     import bm25s
 
@@ -181,13 +178,9 @@ def _bm25s():
     return bm25s
 
 
-def tokenize(texts: list[str], return_ids: bool = True):
-    """bm25s tokenization with English stopwords and the Snowball stemmer (PyStemmer)."""
-    import Stemmer
+def tokenize(texts: list[str], return_ids: bool = True) -> list[list[str]]:
+    """The project's analyzer (storage.text.token_list: bm25s's pattern and English stopwords, Snowball
+    stemming, CJK bigrams), so BM25 and the grounding check agree on what a word is."""
+    from storage.text import token_list
 
-    bm25s = _bm25s()
-
-    global _STEMMER
-    if _STEMMER is None:
-        _STEMMER = Stemmer.Stemmer("english")
-    return bm25s.tokenize(texts, stopwords="en", stemmer=_STEMMER, return_ids=return_ids, show_progress=False)
+    return [token_list(t) or [""] for t in texts]  # bm25s wants a token per document; "" matches nothing

@@ -1,0 +1,126 @@
+"""The sentence-level grounding check and quote choice, with the bundled embedder (real MiniLM, offline).
+
+Each case is a draft a 135M model really writes: an invented sentence next to a copied one, an echo of
+the question with a citation, a paraphrase in the user's words, a table-of-contents line that shares
+the question's words.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from agent.grounding import check_draft, choose_quote, is_navigation
+from storage.text import split_sentences, terms
+
+
+@dataclass
+class P:
+    text: str
+    source: str = "handbook.md"
+    page: int | None = None
+    heading: str | None = None
+
+
+@pytest.fixture(scope="module")
+def embed():
+    from storage.embeddings import get_embedder
+
+    return get_embedder().encode
+
+
+TRAVEL = [
+    P("Hotel costs are reimbursed up to 180 dollars per night. Receipts must be submitted within 30 days "
+      "of the trip through Ledgerly.", heading="Travel > Hotels"),
+    P("The quarterly planning meeting reviews the roadmap. Team leads present their goals.", heading="Planning"),
+]
+EXIT = [P("The exit status of a command is the value returned by the waitpid system call. Exit statuses "
+          "fall between 0 and 255, though the shell may use values above 125 specially.",
+          heading="Exit Status")]
+
+
+def test_invented_sentence_is_dropped_and_the_supported_one_kept(embed):
+    draft = "Hotels are reimbursed up to 180 dollars per night [1]. For three nights that is 180 * 3 = 560 dollars."
+    result = check_draft(draft, "How much can I spend on a hotel?", TRAVEL, embed)
+    assert result.supported
+    assert "180 dollars per night" in result.answer and "560" not in result.answer
+    assert [c.reason for c in result.checks] == ["supported", "number"]
+
+
+def test_invented_meeting_date_is_dropped(embed):
+    draft = "The quarterly planning meeting reviews the roadmap [2]. The next meeting is on March 14."
+    result = check_draft(draft, "What happens at the planning meeting?", TRAVEL, embed)
+    assert "March" not in result.answer and "roadmap" in result.answer
+    assert result.cited == [2]
+
+
+def test_whole_invention_is_not_shown(embed):
+    result = check_draft("The office wifi password is swordfish and it changes every month.",
+                         "What is the wifi password?", TRAVEL, embed)
+    assert not result.supported and result.answer == ""
+    assert result.checks[0].reason == "unsupported"
+
+
+def test_invented_place_next_to_a_copied_sentence_is_dropped(embed):
+    draft = "The planning meeting reviews the roadmap. It is held in Berlin with the whole company."
+    result = check_draft(draft, "What happens at the planning meeting?", TRAVEL, embed)
+    assert "roadmap" in result.answer and "Berlin" not in result.answer
+
+
+def test_passage_words_mixed_with_invention_are_not_enough(embed):
+    result = check_draft("Hotel receipts are reimbursed within 30 days by the finance team.",
+                         "When are hotel receipts reimbursed?", TRAVEL, embed)
+    assert not result.supported, result.checks
+
+
+def test_echoed_question_is_not_an_answer(embed):
+    question = "What's the highest exit status a command can hand back to the shell?"
+    result = check_draft("What's the highest exit status a command can hand back to the shell [1]?", question, EXIT, embed)
+    assert not result.supported
+    assert result.checks[0].reason == "echo"
+
+
+def test_paraphrase_in_the_users_words_is_supported(embed):
+    result = check_draft("You have 30 days after the trip to hand in your receipts in Ledgerly.",
+                         "When are receipts due?", TRAVEL, embed)
+    assert result.supported and result.cited == [1], result.checks
+
+
+def test_wrong_marker_is_replaced_by_the_supporting_passage(embed):
+    result = check_draft("Receipts must be submitted within 30 days of the trip [2][7].", "When are receipts due?",
+                         TRAVEL, embed)
+    assert result.cited == [1] and "[2]" not in result.answer and "[7]" not in result.answer
+
+
+def test_lexical_only_check_is_stricter_than_with_meaning():
+    result = check_draft("Hotels are reimbursed up to 180 dollars per night.", "hotel limit?", TRAVEL, None)
+    assert result.supported  # every novel word is there: no embedder needed
+
+
+def test_quote_skips_table_of_contents_lines(embed):
+    toc = P("Contents\nShell Builtin Commands .......... 41\nBourne Shell Variables .......... 67\n"
+            "Bash is an acronym for the Bourne-Again SHell, a pun on Stephen Bourne.", heading="Introduction")
+    quote = choose_quote("What does the name bash stand for?", [toc], embed)
+    assert quote is not None and "Bourne-Again SHell" in quote.answer and "...." not in quote.answer
+
+
+def test_quote_matches_meaning_not_only_words(embed):
+    quote = choose_quote("How long do I have to hand in receipts after travelling?", TRAVEL, embed)
+    assert quote is not None and "30 days" in quote.answer and quote.cited == [1]
+
+
+def test_navigation_lines():
+    assert is_navigation("Shell Builtin Commands ........ 41")
+    assert is_navigation("grep, 12, 45, 78")
+    assert is_navigation("Exit Status")
+    assert not is_navigation("Receipts must be submitted within 30 days.")
+
+
+def test_one_analyzer_for_every_language():
+    assert {"deploy", "roll"} <= terms("Deploys were rolled back")  # Snowball stems, as BM25 indexes
+    assert "отпуск" in terms("Отпуск оформляется заранее")  # Cyrillic words survive
+    assert "报销" in terms("报销流程")  # CJK runs give bigrams
+    assert split_sentences("Отпуск оформляется заранее. Заявление подаётся за две недели.") == [
+        "Отпуск оформляется заранее.", "Заявление подаётся за две недели."]
+    assert split_sentences("请提交发票。审批需要三天。") == ["请提交发票。", "审批需要三天。"]
