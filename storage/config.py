@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     slack_signing_secret: SecretStr | None = Field(None, validation_alias=AliasChoices("SLACK_SIGNING_SECRET"))
     slack_api_url: str = Field("", description="Slack Web API base URL (GovSlack, proxies, tests).")
     admin_users: str = Field("", description="Comma-separated Slack user IDs allowed to run admin commands.")
+    corrections_from: str = Field(
+        "admins", description="Whose 👎 corrections are used (for training, or as team answers): everyone, admins "
+        "(ADMIN_USERS), or comma-separated Slack user IDs (may include `admins`); others stay in the feedback table only."
+    )
     slack_command: str = Field("/flywheel", description="The slash command the bot answers (must match the manifest).")
     up_reactions: str = Field("+1,thumbsup,white_check_mark", description="Emoji names counted as 👍 (comma-separated).")
     down_reactions: str = Field("-1,thumbsdown", description="Emoji names counted as 👎 (comma-separated).")
@@ -118,6 +122,9 @@ class Settings(BaseSettings):
         "empty = never.",
     )
     min_dpo_pairs: int = Field(32, description="Preference pairs needed before a DPO stage runs after SFT.")
+    kto_min_rows: int = Field(
+        16, description="Voted drafts (both 👍 and 👎 among them) needed before a KTO stage runs after SFT/DPO."
+    )
 
     # --- distillation and datasets ----------------------------------------------------------------
     teacher: Literal["auto", "offline", "anthropic"] = Field(
