@@ -13,7 +13,9 @@ def collect_status(settings: Settings, store: Store | None = None) -> dict[str, 
     store = store or Store(settings.db_path)
     promoted = store.promoted_adapter()
     week = "datetime('now', '-7 days')"
-    answers_week = store.scalar(f"SELECT COUNT(*) FROM interactions WHERE route = 'question' AND created_at >= {week}")
+    usage = "surface != 'eval'"  # evaluation and gate runs are not usage
+    answers_week = store.scalar(
+        f"SELECT COUNT(*) FROM interactions WHERE route = 'question' AND {usage} AND created_at >= {week}")
     votes_week = store.query(
         f"SELECT vote, COUNT(*) AS n FROM feedback WHERE updated_at >= {week} AND vote != 0 GROUP BY vote"
     )
@@ -23,7 +25,7 @@ def collect_status(settings: Settings, store: Store | None = None) -> dict[str, 
         "documents": store.scalar("SELECT COUNT(*) FROM documents WHERE status IN ('ok', 'stale')") or 0,
         "failed_documents": store.scalar("SELECT COUNT(*) FROM documents WHERE status IN ('failed', 'stale')") or 0,
         "chunks": store.scalar("SELECT COUNT(*) FROM chunks") or 0,
-        "interactions": store.scalar("SELECT COUNT(*) FROM interactions") or 0,
+        "interactions": store.scalar(f"SELECT COUNT(*) FROM interactions WHERE {usage}") or 0,
         "feedback": store.feedback_counts(),
         "answers_this_week": answers_week or 0,
         "thumbs_up_rate_this_week": round(up / total, 3) if total else None,

@@ -6,24 +6,46 @@ the removed emoji (removing 👍 after clicking 👎 keeps the 👎). Reactions 
 own answers, found by (channel, ts) via `Store.interaction_by_message`; anything else is ignored.
 Redelivered events are dropped earlier by the app's event_id dedupe, and `set_vote` is an upsert,
 so a duplicate vote is harmless anyway.
+
+A correction typed into the modal (`use_correction`) is stored first, then judged:
+
+* from a user `settings.corrections_from` doesn't allow → ignored: it stays in the feedback table only;
+* supported by the passages the model was shown (training.distill's check) → training data: the
+  dataset builder makes it an SFT example and the `chosen` side of a DPO pair;
+* else, if a document already says it, retrieval missed it → nothing to add;
+* else the documents don't have it → a "team answers" document: a section (heading = the question,
+  the corrected answer, who/where/when) in `$FLYWHEEL_HOME/team_answers/team-answers.md`, ingested at
+  once, so the next question is answered from it and cites it like any other document.
+
+Each outcome is one audit row (`feedback.correction`). A failed write or ingest is logged and audited;
+the correction is never lost (it is in the feedback table), and the next one re-ingests the file.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bot.app import parse_list
 
 if TYPE_CHECKING:
     from bot.app import FlywheelBot
+    from storage.config import Settings
+    from storage.db import Store
+    from storage.knowledge import KnowledgeBase
 
 log = logging.getLogger(__name__)
 
 MODAL_CALLBACK = "feedback_modal"
 THANKS = "Thanks for the feedback!"
 SKIN_TONE = re.compile(r"::skin-tone-\d$")
+TEAM_ANSWERS_FILE = "team-answers.md"
+TEAM_ANSWERS_TITLE = "# Team answers\n\nAnswers the team gave in Slack to questions the documents did not answer.\n"
+_team_answers_lock = threading.Lock()  # one writer at a time within the bot (a file lock across processes)
 
 
 def normalize_emoji(name: str) -> str:
@@ -109,6 +131,9 @@ def register_feedback(bot: FlywheelBot) -> None:
         vote = current["vote"] if current is not None else -1  # the modal follows a 👎
         bot.store.set_vote(interaction_id, user, vote, source=current["source"] if current else "button",
                            comment=comment, correction=correction)
+        if correction and vote < 0:
+            use_correction(bot.settings, bot.store, bot.agent.kb, bot.store.interaction(interaction_id) or {},
+                           user, correction)
 
 
 def _button_vote(bot: FlywheelBot, body: dict[str, Any], action: dict[str, Any], vote: int) -> str | None:
@@ -149,3 +174,82 @@ def feedback_modal(interaction_id: str) -> dict[str, Any]:
             text_input("correction", "What is the right answer?", "The answer you expected, if you know it"),
         ],
     }
+
+
+# --- corrections ---------------------------------------------------------------------------------
+def team_answers_path(settings: Settings) -> Path:
+    return settings.home / "team_answers" / TEAM_ANSWERS_FILE
+
+
+def use_correction(settings: Settings, store: Store, kb: KnowledgeBase, interaction: dict[str, Any], user_id: str,
+                   correction: str) -> str:
+    """Judge a stored 👎 correction and act on it (see the module docstring). Returns the outcome:
+    "ignored" | "training" | "in_documents" | "team_answer" | "team_answer_failed". Never raises."""
+    from training.dataset import correction_allowed, correction_supported, passages_of
+
+    detail: dict[str, Any] = {"interaction_id": interaction.get("id"), "user": user_id}
+    outcome = "failed"
+    try:
+        if not correction_allowed(settings, user_id):
+            outcome = "ignored"
+            detail["reason"] = f"corrections_from={settings.corrections_from!r} does not include {user_id}"
+        elif correction_supported(correction, passages_of(interaction, kb)):
+            outcome = "training"
+        elif (source := _documented_in(kb, correction)) is not None:
+            outcome, detail["source"] = "in_documents", source
+        else:
+            outcome = "team_answer"
+            path = add_team_answer(settings, interaction, user_id, correction)
+            detail["document"] = str(path)
+            report = kb.ingest([path])
+            if report.failed:
+                raise RuntimeError(report.failed[0].error or "ingest failed")
+    except Exception as exc:  # the correction is already stored; never fail the Slack listener on this
+        log.exception("correction on %s could not be used", interaction.get("id"))
+        outcome, detail["error"] = ("team_answer_failed" if outcome == "team_answer" else "failed"), str(exc)
+    log.info("correction by %s on interaction %s: %s", user_id, interaction.get("id"), outcome)
+    store.audit(user_id, "feedback.correction", {**detail, "use": outcome})
+    return outcome
+
+
+def _documented_in(kb: KnowledgeBase, correction: str) -> str | None:
+    """The source of a chunk that alone supports the correction, if retrieval finds one."""
+    from agent.retrieval import Retriever
+    from training.dataset import correction_supported
+
+    for hit in Retriever(kb).search(correction).hits:
+        if correction_supported(correction, [hit]):
+            return hit.source
+    return None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()).lstrip("#").strip()
+
+
+def add_team_answer(settings: Settings, interaction: dict[str, Any], user_id: str, correction: str,
+                    when: datetime | None = None) -> Path:
+    """Write the correction as a section of the team-answers document and return the file. A section
+    with the same question is replaced (the newest answer wins), others are kept in order."""
+    from filelock import FileLock
+
+    question = _one_line(interaction.get("condensed_question") or interaction.get("question") or "Untitled")
+    channel = interaction.get("channel") or "?"
+    thread = (interaction.get("conversation_id") or "").rpartition(":")[2] or "?"
+    stamp = (when or datetime.now(UTC)).strftime("%Y-%m-%d")
+    # A line starting with "#" would open a heading and split the section: escape it.
+    body = "\n".join("\\" + line.lstrip() if line.lstrip().startswith("#") else line
+                     for line in correction.strip().splitlines())
+    section = (f"## {question}\n\n{body}\n\n"
+               f"_Answered by Slack user {user_id} in channel {channel} (thread {thread}) on {stamp}._\n")
+    path = team_answers_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _team_answers_lock, FileLock(str(path.parent / ".lock")):
+        text = path.read_text(encoding="utf-8") if path.exists() else TEAM_ANSWERS_TITLE
+        head, *sections = re.split(r"(?m)^(?=## )", text)
+        sections = [s for s in sections if s.splitlines()[0][3:].strip() != question]
+        parts = [head.rstrip() + "\n", *(s.rstrip() + "\n" for s in sections), section]
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("\n".join(parts), encoding="utf-8")
+        tmp.replace(path)  # a crash mid-write never leaves half a document for ingest
+    return path

@@ -1,4 +1,4 @@
-"""Distillation and training datasets on the sample handbook (ingested once per module, ~10-40 s),
+"""Distillation on the sample handbook (ingested once per module, ~10-40 s; datasets: test_dataset.py),
 and the Anthropic teacher through the real anthropic SDK against a loopback fake of /v1/messages
 (tests/fakeanthropic.py).
 
@@ -8,7 +8,6 @@ and the Anthropic teacher through the real anthropic SDK against a loopback fake
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import shutil
 from collections.abc import Iterator
@@ -18,13 +17,11 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from agent.prompts import NOT_FOUND, SYSTEM_PROMPT, build_messages, passage_label
-from agent.retrieval import Hit
+from agent.prompts import NOT_FOUND
 from storage.config import Settings
 from storage.knowledge import KnowledgeBase
 from storage.samples import sample_handbook
 from tests.fakeanthropic import RATE_LIMITED, fake_messages, tool_use
-from training.dataset import build_datasets
 from training.distill import distill, is_heldout, is_leaky, is_supported, pending_sections
 from training.offline_teacher import OfflineTeacher
 from training.teachers import AnthropicTeacher, load_teacher
@@ -152,83 +149,6 @@ def test_anthropic_teacher_survives_bad_output_and_unknown_model(tmp_path: Path)
         assert teacher.pairs_for(CHUNKS, 3) == []
     assert teacher.usage.requests == 1 and teacher.usage.cost_usd == 0.0  # unknown price: cost 0
     assert isinstance(load_teacher(Settings(home=tmp_path / "h2")), OfflineTeacher)  # no key: offline
-
-
-# --- datasets ------------------------------------------------------------------------------------
-def _passages_in(content: str, kb: KnowledgeBase) -> list[Hit]:
-    """Recover the passages of a prompt from the chunk table, in order."""
-    found: list[Hit] = []
-    rows = kb.store.query("SELECT * FROM chunks")
-    for n in range(1, 10):
-        match = [r for r in rows if f"[{n}] {passage_label(_as_hit(r))}\n{r['text'].strip()}" in content]
-        if not match:
-            break
-        found.append(_as_hit(match[0]))
-    return found
-
-
-def _as_hit(row: dict) -> Hit:
-    return Hit(row["id"], row["source"], row["page"], row["heading"], row["text"], 0.0, tokens=row["tokens"])
-
-
-def _read(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def test_build_datasets_formats_feedback_and_loads(kb: KnowledgeBase, distilled, tmp_path: Path) -> None:
-    from datasets import load_dataset
-
-    store = kb.store
-    chunk = store.query("SELECT * FROM chunks WHERE heading LIKE '%Paging%' ORDER BY ord LIMIT 1")[0]
-    messages = build_messages("How fast do I ack a page?", [_as_hit(chunk)])
-    down = store.record_interaction(surface="slack", question="How fast do I ack a page?", answer="Within an hour [1].",
-                                    grounded=True, prompt=json.dumps(messages),
-                                    citations=[{"n": 1, "chunk_id": chunk["id"]}])
-    store.set_vote(down, "U1", -1, "button", correction="Acknowledge a page within 15 minutes [1].")
-    up = store.record_interaction(surface="slack", question="How fast do I ack a page?", answer="Within 15 minutes [1].",
-                                  grounded=True, prompt=json.dumps(messages))
-    store.set_vote(up, "U2", 1, "reaction")
-
-    report = build_datasets(kb.settings, store, kb, out_dir=tmp_path / "ds", teacher=OfflineTeacher())
-    assert (kb.settings.datasets_dir / "latest").read_text().strip() == str(tmp_path / "ds")
-    train, heldout = _read(tmp_path / "ds" / "sft_train.jsonl"), _read(tmp_path / "ds" / "sft_heldout.jsonl")
-    assert report.files["sft_train.jsonl"] == len(train) and report.files["sft_heldout.jsonl"] == len(heldout) > 0
-    sources = report.sources["sft_train.jsonl"]
-    assert sources["distilled"] >= 20 and sources["not_found"] >= 1
-    assert sources["feedback_up"] == 1 and sources["correction"] == 1
-
-    pairs = {p["id"]: p for p in store.query("SELECT * FROM qa_pairs")}
-    for example in train + heldout:
-        prompt, answer = example["prompt"], example["completion"][0]["content"]
-        assert prompt[0] == {"role": "system", "content": SYSTEM_PROMPT} and prompt[1]["role"] == "user"
-        if example["source"] not in ("distilled", "not_found"):
-            continue
-        pair = pairs[example["id"].removesuffix("-nf")]
-        passages = _passages_in(prompt[1]["content"], kb)
-        assert prompt == build_messages(pair["question"], passages)  # exactly the agent's prompt
-        ids = [p.chunk_id for p in passages]
-        if example["source"] == "not_found":
-            assert answer == NOT_FOUND and pair["chunk_id"] not in ids
-        else:
-            n = ids.index(pair["chunk_id"]) + 1
-            assert f"[{n}]" in answer and answer.replace(f" [{n}]", "") == pair["answer"]
-            assert 2 <= len(passages) <= kb.settings.context_chunks
-
-    dpo = _read(tmp_path / "ds" / "dpo.jsonl")
-    assert len(dpo) == 1 and dpo[0]["prompt"] == messages
-    assert dpo[0]["chosen"] == [{"role": "assistant", "content": "Acknowledge a page within 15 minutes [1]."}]
-    assert dpo[0]["rejected"] == [{"role": "assistant", "content": "Within an hour [1]."}]
-    kto = _read(tmp_path / "ds" / "kto.jsonl")
-    assert sorted(k["label"] for k in kto) == [False, True]
-
-    again = build_datasets(kb.settings, store, kb, out_dir=tmp_path / "ds2", teacher=OfflineTeacher())
-    assert again.files == report.files and again.preference_pairs_added == 0  # deduped by interaction
-    assert store.scalar("SELECT COUNT(*) FROM preference_pairs") == 1
-    assert (tmp_path / "ds2" / "sft_train.jsonl").read_text() == (tmp_path / "ds" / "sft_train.jsonl").read_text()
-
-    for name in ("sft_train.jsonl", "sft_heldout.jsonl", "dpo.jsonl", "kto.jsonl"):
-        loaded = load_dataset("json", data_files=str(tmp_path / "ds" / name), split="train")
-        assert len(loaded) == report.files[name]
 
 
 def test_changed_document_gets_its_new_chunks_distilled(kb: KnowledgeBase, distilled) -> None:

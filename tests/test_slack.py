@@ -26,7 +26,7 @@ from agent.graph import Agent
 from bot.answering import PLACEHOLDER, SORRY, render_answer, split_text
 from bot.app import BUSY, ConfigError, FlywheelBot, _verify_identity, build_app
 from bot.commands import WORKING
-from bot.feedback import normalize_emoji
+from bot.feedback import TEAM_ANSWERS_FILE, normalize_emoji, team_answers_path
 from storage.config import Settings
 from storage.db import Store
 from tests.fakeslack import FakeSlack
@@ -214,6 +214,9 @@ def test_reactions_and_buttons_vote_change_and_modal(fake: FakeSlack, bot: Flywh
     fake.wait_for(lambda: (feedback(store, iid, "U2") or {}).get("correction") == "5% for 30 minutes")
     row = feedback(store, iid, "U2")
     assert row["comment"] == "It cited the wrong doc" and row["vote"] == -1
+    # U2 is no admin (FLYWHEEL_CORRECTIONS_FROM defaults to admins): stored, audited, used for nothing.
+    assert fake.wait_for(lambda: correction_uses(store)) == ["ignored"]
+    assert not team_answers_path(bot.settings).exists()
 
     # Removing the 👍 reaction does not undo the later 👎 button vote...
     fake.react("U2", "C0001", answer["ts"], "+1", removed=True)
@@ -228,6 +231,33 @@ def test_reactions_and_buttons_vote_change_and_modal(fake: FakeSlack, bot: Flywh
     fake.click("U4", "C0001", answer["ts"], "feedback_up", iid)
     fake.wait_for(lambda: (feedback(store, iid, "U4") or {}).get("vote") == 1)
     fake.wait_for(lambda: any(e["user"] == "U4" for e in fake.ephemerals()))
+
+
+def correction_uses(store: Store) -> list[str]:
+    rows = store.query("SELECT detail FROM audit_log WHERE action = 'feedback.correction' ORDER BY id")
+    return [json.loads(r["detail"])["use"] for r in rows]
+
+
+def test_admin_correction_missing_from_the_docs_becomes_a_team_answer(fake: FakeSlack, bot: FlywheelBot) -> None:
+    """An admin's 👎 correction that no document supports is written to the team-answers document and
+    ingested at once: the same question now retrieves it first."""
+    question = "What is the guest wifi password for the Lisbon office?"
+    correction = "The Lisbon guest wifi password is rotated every Monday by Ines Duarte at the front desk."
+    thread, answer = ask(fake, question, user=ADMIN)
+    iid = bot.store.interaction_by_message("C0001", answer["ts"])["id"]
+    assert bot.agent.retriever.search(question).hits[0].source != TEAM_ANSWERS_FILE
+
+    fake.click(ADMIN, "C0001", answer["ts"], "feedback_down", iid)
+    opened = fake.wait_for(lambda: fake.calls("views.open"))[0]["response"]["view"]
+    fake.submit_view(ADMIN, opened, {"correction": {"value": correction}})
+    assert fake.wait_for(lambda: correction_uses(bot.store), timeout=60) == ["team_answer"]
+    assert feedback(bot.store, iid, ADMIN)["correction"] == correction  # kept in the feedback table too
+
+    text = team_answers_path(bot.settings).read_text()
+    assert f"## {question}\n\n{correction}\n" in text
+    assert f"by Slack user {ADMIN} in channel C0001 (thread {thread})" in text
+    top = bot.agent.retriever.search(question).hits[0]
+    assert top.source == TEAM_ANSWERS_FILE and correction in top.text
 
 
 def test_reactions_elsewhere_are_ignored(fake: FakeSlack, bot: FlywheelBot) -> None:

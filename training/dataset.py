@@ -12,9 +12,16 @@ Writes `settings.datasets_dir/<timestamp>/` and points `settings.datasets_dir/la
   A `notfound_fraction` share of train examples pairs a question with passages that lack its answer
   and completes with exactly NOT_FOUND, so the model keeps refusing when the context is off-topic.
   👍-voted answers (`feedback_up`) and 👎 corrections (`correction`) join the train file.
-* `dpo.jsonl` — `{"prompt", "chosen", "rejected"}`: a 👎 answer is rejected against the user's correction,
-  or else the teacher's rewrite; also stored in `preference_pairs` (one per interaction).
-* `kto.jsonl` — `{"prompt", "completion", "label"}` for every voted answer (label = net vote > 0).
+* `dpo.jsonl` — `{"prompt", "chosen", "rejected"}`: for a 👎 answer, `rejected` is the model's own draft
+  (`interactions.draft`, before the grounding check; an interaction without one makes no pair) and
+  `chosen` the user's correction, or else the teacher's rewrite; also stored in `preference_pairs`
+  (one per interaction).
+* `kto.jsonl` — `{"prompt", "completion", "label"}`: votes on the model's drafts (completion = the
+  stored draft, label = net vote > 0), only where the user saw the model's own text.
+
+A correction counts only from a user `settings.corrections_from` allows, and only when the passages the
+model was shown support it (the distilled pairs' check); it gets the [n] of its passage. Interactions
+with surface 'eval' (evaluation, the gate) are never read.
 """
 
 from __future__ import annotations
@@ -22,16 +29,19 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.grounding import support
-from agent.prompts import NOT_FOUND, build_messages
+from agent.grounding import sentences, strip_markers, support
+from agent.prompts import NOT_FOUND, Passage, build_messages
 from agent.retrieval import Hit, Retriever
 from storage.db import new_id, now
+from training.distill import is_supported
 
 if TYPE_CHECKING:
     from storage.config import Settings
@@ -51,6 +61,7 @@ class DatasetReport:
     files: dict[str, int] = field(default_factory=dict)  # file name -> rows
     sources: dict[str, dict[str, int]] = field(default_factory=dict)  # file name -> {source: rows}
     preference_pairs_added: int = 0
+    corrections: dict[str, int] = field(default_factory=dict)  # used | not_allowed | unsupported
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -122,12 +133,98 @@ class _Builder:
         }
 
 
+def correction_allowed(settings: Settings, user_id: str | None) -> bool:
+    """Whether `settings.corrections_from` lets this user's 👎 corrections teach the bot: "everyone",
+    "admins" (`settings.admin_users`), or Slack user IDs, which may include "admins"."""
+    wanted = {w.strip() for w in settings.corrections_from.split(",") if w.strip()}
+    if "everyone" in {w.lower() for w in wanted}:
+        return True
+    if "admins" in {w.lower() for w in wanted}:
+        wanted |= {a.strip() for a in settings.admin_users.split(",") if a.strip()}
+    return bool(user_id) and user_id in wanted
+
+
+def correction_supported(correction: str, passages: Sequence[Passage]) -> bool:
+    """The distilled pairs' support check (training.distill.is_supported): every sentence of the
+    correction backed by the passages the model was shown, numbers included."""
+    evidence = "\n".join(f"{p.text} {p.heading or ''}" for p in passages)
+    return bool(passages) and is_supported(correction, evidence)
+
+
+def cite(answer: str, passages: Sequence[Passage]) -> str:
+    """A correction as the model should have written it: with the [n] of the passage that supports it
+    best (users rarely type markers; an adapter trained without them stops citing)."""
+    markers = [int(m) for m in re.findall(r"\[(\d{1,2})\]", answer)]
+    if markers and all(1 <= m <= len(passages) for m in markers):
+        return answer.strip()
+    bare = strip_markers(answer)
+    parts = sentences(bare) or [bare]
+    scores = [sum(support(s, f"{p.heading or ''}\n{p.text}") for s in parts) for p in passages]
+    return with_marker(bare, scores.index(max(scores)) + 1) if scores else bare
+
+
+def shown_whole(draft: str, answer: str) -> bool:
+    """The check kept every sentence of the draft: the user's 👍 covers all of it."""
+    def bare(text: str) -> list[str]:
+        return [" ".join(strip_markers(s).split()) for s in sentences(text) if strip_markers(s)]
+    return bool(draft.strip()) and bare(draft) == bare(answer)
+
+
+def passages_of(row: dict[str, Any], kb: KnowledgeBase) -> list[Hit]:
+    """The passages the model was shown ([n] = passages[n-1]; none when it never ran); for rows recorded
+    before the turn record (migration 3, passages NULL), the cited and retrieved chunks that still exist."""
+    stored = _json_list(row.get("passages"))
+    if stored is None:
+        return _passages_from_prompt(row, kb)
+    return [Hit(chunk_id=p.get("chunk_id") or "", source=p.get("source") or "", page=p.get("page"),
+                heading=p.get("heading"), text=p.get("text") or "", score=0.0)
+            for p in stored if isinstance(p, dict)]
+
+
+def _json_list(value: Any) -> list[Any] | None:
+    """A JSON list column, raw (store.query) or decoded (Store.interaction); None when NULL or broken."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            return None
+    return value if isinstance(value, list) else None
+
+
 def _voted_interactions(store: Store) -> list[dict[str, Any]]:
+    # surface != 'eval': evaluation and gate runs aren't usage (agent/evaluate.py doesn't record them;
+    # this keeps a stray recorded one out of training, too).
     return store.query(
-        """SELECT i.*, SUM(f.vote) AS net, MAX(CASE WHEN f.vote < 0 THEN f.correction END) AS correction
-           FROM interactions i JOIN feedback f ON f.interaction_id = i.id
-           WHERE f.vote != 0 AND i.prompt IS NOT NULL GROUP BY i.id ORDER BY i.created_at"""
+        """SELECT i.*, SUM(f.vote) AS net FROM interactions i JOIN feedback f ON f.interaction_id = i.id
+           WHERE f.vote != 0 AND i.prompt IS NOT NULL AND i.surface != 'eval'
+           GROUP BY i.id ORDER BY i.created_at, i.id"""
     )
+
+
+def _usable_corrections(settings: Settings, store: Store, kb: KnowledgeBase, voted: list[dict[str, Any]],
+                        counts: Counter[str]) -> dict[str, str]:
+    """interaction id -> the newest correction from an allowed user that the shown passages support, cited.
+
+    Unsupported corrections are not training data: the model would learn to say what its context
+    doesn't (bot/feedback.py turns an allowed user's unsupported correction into a team-answers document)."""
+    by_id = {row["id"]: row for row in voted if row["net"] < 0}
+    usable: dict[str, str] = {}
+    rows = store.query("SELECT interaction_id, user_id, correction FROM feedback WHERE vote < 0"
+                       " AND TRIM(COALESCE(correction, '')) != '' ORDER BY updated_at DESC, id DESC")
+    for feedback in rows:
+        row = by_id.get(feedback["interaction_id"])
+        if row is None or row["id"] in usable:
+            continue
+        if not correction_allowed(settings, feedback["user_id"]):
+            counts["not_allowed"] += 1
+            continue
+        passages = passages_of(row, kb)
+        if not correction_supported(feedback["correction"], passages):
+            counts["unsupported"] += 1
+            continue
+        usable[row["id"]] = cite(feedback["correction"], passages)
+        counts["used"] += 1
+    return usable
 
 
 def _prompt(row: dict[str, Any]) -> Messages | None:
@@ -139,39 +236,63 @@ def _prompt(row: dict[str, Any]) -> Messages | None:
 
 
 def _passages_from_prompt(row: dict[str, Any], kb: KnowledgeBase) -> list[Hit]:
-    ids = [c.get("chunk_id") for c in json.loads(row.get("citations") or "[]") if isinstance(c, dict)]
-    ids += [c.get("chunk_id") for c in json.loads(row.get("retrieved") or "[]") if isinstance(c, dict)]
+    ids = [c.get("chunk_id") for c in _json_list(row.get("citations")) or [] if isinstance(c, dict)]
+    ids += [c.get("chunk_id") for c in _json_list(row.get("retrieved")) or [] if isinstance(c, dict)]
     rows = kb.chunks_by_id([i for i in dict.fromkeys(ids) if i])
     return [_hit(rows[i]) for i in dict.fromkeys(ids) if i in rows][:3]
 
 
-def _preference_pairs(store: Store, kb: KnowledgeBase, teacher: Teacher | None, voted: list[dict[str, Any]]) -> int:
-    """Store one preference pair per 👎 interaction; a correction replaces an earlier teacher rewrite."""
-    added = 0
+def _preference_pairs(store: Store, kb: KnowledgeBase, teacher: Teacher | None, voted: list[dict[str, Any]],
+                      corrections: dict[str, str]) -> tuple[list[dict[str, Any]], int]:
+    """One preference pair per 👎 interaction with a draft: (pairs for dpo.jsonl, pairs added or replaced).
+
+    `rejected` is the model's own draft (interactions.draft), never the text the user saw: a quote or a
+    refusal from the grounding check is not what the model wrote, and DPO must push down what it wrote.
+    `chosen` is the usable correction, else the teacher's rewrite (kept in `preference_pairs`, so the
+    teacher is asked once per draft), dropped unless it is NOT_FOUND or supported by the passages."""
+    pairs, added = [], 0
     existing = {r["interaction_id"]: r for r in store.query("SELECT * FROM preference_pairs")}
     for row in voted:
-        if row["net"] >= 0 or _prompt(row) is None:
+        draft = (row.get("draft") or "").strip()
+        if row["net"] >= 0 or not draft or _prompt(row) is None:  # no draft: nothing of the model's own to reject
             continue
         old = existing.get(row["id"])
-        if old and (old["source"] == "correction" or not row["correction"]):
+        chosen, source = corrections.get(row["id"]), "correction"
+        if chosen is None and old and old["source"] == "teacher_rewrite" and old["rejected"] == draft:
+            chosen, source = old["chosen"], old["source"]  # the cached rewrite
+        elif chosen is None and teacher is not None and hasattr(teacher, "rewrite"):
+            passages, source = passages_of(row, kb), "teacher_rewrite"
+            chosen = (teacher.rewrite(row["condensed_question"] or row["question"], passages) or "").strip()
+            if chosen != NOT_FOUND and not correction_supported(chosen, passages):
+                chosen = None
+        if not chosen or chosen.strip() == draft:
             continue
-        chosen, source = (row["correction"] or "").strip(), "correction"
-        if not chosen:
-            if teacher is None or not hasattr(teacher, "rewrite"):
-                continue
-            chosen, source = (teacher.rewrite(row["condensed_question"] or row["question"],
-                                              _passages_from_prompt(row, kb)) or "").strip(), "teacher_rewrite"
-        if not chosen or chosen == row["answer"].strip():
-            continue
-        with store.lock:
-            if old:
-                store.db.execute("DELETE FROM preference_pairs WHERE id = ?", (old["id"],))
-            store.db["preference_pairs"].insert({
-                "id": new_id(), "interaction_id": row["id"], "prompt": row["prompt"], "chosen": chosen,
-                "rejected": row["answer"], "source": source, "created_at": now(),
-            })
-        added += 1
-    return added
+        if not old or (old["chosen"], old["rejected"], old["source"]) != (chosen, draft, source):
+            with store.lock:
+                if old:
+                    store.db.execute("DELETE FROM preference_pairs WHERE id = ?", (old["id"],))
+                old = {"id": new_id(), "interaction_id": row["id"], "prompt": row["prompt"], "chosen": chosen,
+                       "rejected": draft, "source": source, "created_at": now()}
+                store.db["preference_pairs"].insert(old)
+            added += 1
+        pairs.append(old)
+    return pairs, added
+
+
+def _kto_row(row: dict[str, Any], prompt: Messages) -> dict[str, Any] | None:
+    """A vote on the model's own draft: completion = the stored draft, label = net vote > 0.
+
+    Only when the user saw the model's text (produced_by "model"): a vote on a quote or a refusal
+    judges the check's fallback, not the draft. A 👍 labels the draft desirable only when the check
+    kept all of it; a tie (net 0) says nothing."""
+    draft = (row.get("draft") or "").strip()
+    if not draft or row["produced_by"] != "model" or row["net"] == 0:
+        return None
+    label = row["net"] > 0
+    if label and not shown_whole(draft, row["answer"]):
+        return None
+    return {"prompt": prompt, "completion": [{"role": "assistant", "content": draft}], "label": label,
+            "id": row["id"], "source": "draft_up" if label else "draft_down"}
 
 
 def build_datasets(settings: Settings, store: Store, kb: KnowledgeBase, out_dir: Path | None = None,
@@ -199,34 +320,37 @@ def build_datasets(settings: Settings, store: Store, kb: KnowledgeBase, out_dir:
             rows["sft_train.jsonl"].append(example)
 
     voted = _voted_interactions(store)
+    report = DatasetReport(out_dir=str(out_dir))
+    counts: Counter[str] = Counter()
+    corrections = _usable_corrections(settings, store, kb, voted, counts)
     for row in voted:
         prompt = _prompt(row)
         if prompt is None:
             continue
-        label = row["net"] > 0
-        completion = [{"role": "assistant", "content": row["answer"]}]
-        rows["kto.jsonl"].append({"prompt": prompt, "completion": completion, "label": label, "id": row["id"],
-                                   "source": "feedback_up" if label else "feedback_down"})
-        if label:
-            rows["sft_train.jsonl"].append({"prompt": prompt, "completion": completion, "id": row["id"],
-                                            "source": "feedback_up"})
-        elif row["correction"]:
-            rows["sft_train.jsonl"].append({"prompt": prompt, "id": f"{row['id']}-fix", "source": "correction",
-                                            "completion": [{"role": "assistant", "content": row["correction"]}]})
+        if row["net"] > 0:
+            # What the user saw and liked — but not a refusal: its 👍 may thank the list of closest passages
+            # rather than confirm the documents are silent (the gate leaves those out for the same reason).
+            if row["produced_by"] != "refusal":
+                rows["sft_train.jsonl"].append({"prompt": prompt, "id": row["id"], "source": "feedback_up",
+                                                "completion": [{"role": "assistant", "content": row["answer"]}]})
+        elif row["id"] in corrections:
+            fix = [{"role": "assistant", "content": corrections[row["id"]]}]
+            rows["sft_train.jsonl"].append({"prompt": prompt, "completion": fix, "id": f"{row['id']}-fix",
+                                            "source": "correction"})
+        kto = _kto_row(row, prompt)
+        if kto is not None:
+            rows["kto.jsonl"].append(kto)
 
-    report = DatasetReport(out_dir=str(out_dir))
-    report.preference_pairs_added = _preference_pairs(store, kb, teacher, voted)
-    for pref in store.query("SELECT * FROM preference_pairs ORDER BY created_at, id"):
-        try:
-            prompt = json.loads(pref["prompt"])
-        except json.JSONDecodeError:
-            continue
+    pairs, report.preference_pairs_added = _preference_pairs(store, kb, teacher, voted, corrections)
+    for pref in pairs:
         rows["dpo.jsonl"].append({
-            "prompt": prompt, "chosen": [{"role": "assistant", "content": pref["chosen"]}],
+            "prompt": json.loads(pref["prompt"]), "chosen": [{"role": "assistant", "content": pref["chosen"]}],
             "rejected": [{"role": "assistant", "content": pref["rejected"]}], "id": pref["id"], "source": pref["source"],
         })
+    report.corrections = dict(counts)
 
     builder.rng.shuffle(rows["sft_train.jsonl"])  # not-found and feedback examples spread through the epoch
+    builder.rng.shuffle(rows["kto.jsonl"])  # KTO samples sequentially: 👍 and 👎 mixed within its batches
     for name, items in rows.items():
         with (out_dir / name).open("w", encoding="utf-8") as handle:
             for item in items:
@@ -235,5 +359,5 @@ def build_datasets(settings: Settings, store: Store, kb: KnowledgeBase, out_dir:
         report.sources[name] = dict(Counter(str(i.get("source", "label" if "label" in i else "")) for i in items))
     (settings.datasets_dir / "latest").parent.mkdir(parents=True, exist_ok=True)
     (settings.datasets_dir / "latest").write_text(str(out_dir) + "\n")
-    store.audit("dataset", "build_datasets", report.files)
+    store.audit("dataset", "build_datasets", {**report.files, "corrections": report.corrections})
     return report

@@ -7,12 +7,17 @@ RUN.json (see `RunConfig`; `training.train.train_adapter` writes it):
 
     {"model": "/home/me/.flywheel/models/SmolLM2-135M-Instruct",
      "train_file": "/home/me/.flywheel/datasets/20250101/sft_train.jsonl",
+     "eval_file": "/home/me/.flywheel/datasets/20250101/sft_heldout.jsonl",
      "output_dir": "/home/me/.flywheel/adapters/v0003",
      "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "learning_rate": 2e-4,
      "epochs": 3, "max_steps": -1, "batch_size": 4, "grad_accum": 1, "max_seq_len": 768}
 
 Data: trl conversational prompt-completion JSONL (`prompt` = system + user messages built by
 agent.prompts, `completion` = the assistant message). The loss covers completion tokens only.
+`eval_file` (the held-out split, optional) is trl's `eval_dataset`: its loss is computed every
+`save_steps` and once at the end, and logged as `eval_loss` rows in `losses.jsonl` — a validation
+curve to spot over-fitting. Nothing is selected or stopped on it, so the gate's held-out questions
+stay unseen by every training decision.
 
 Why the settings differ from trl's defaults (all measured on a 2-core CPU without bf16 units):
   * fp32, not bf16 — without AVX512-bf16/AMX, bf16 matmuls are emulated and several times slower;
@@ -63,9 +68,9 @@ class RunConfig:
     model: str
     train_file: str
     output_dir: str
-    eval_file: str | None = None
+    eval_file: str | None = None  # SFT: held-out examples scored for eval_loss (never trained on)
     init_adapter: str | None = None  # continue from this adapter (DPO after SFT) instead of a fresh LoRA
-    method: str = "sft"  # sft | dpo
+    method: str = "sft"  # sft | dpo | kto
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
@@ -82,7 +87,7 @@ class RunConfig:
     save_total_limit: int = 2
     keep_checkpoints: bool = False  # delete checkpoints/ after a successful run
     seed: int = 42
-    dpo_beta: float = 0.1
+    dpo_beta: float = 0.1  # DPO's and KTO's β: how far the policy may move from its reference
     sft_weight: float = 1.0  # DPO: weight of the SFT (NLL on chosen) term, the old `rpo_alpha`
     extra: dict[str, Any] = field(default_factory=dict)  # free-form provenance (run id, data counts)
 
@@ -171,6 +176,14 @@ def load_jsonl(path: str, columns: tuple[str, ...]) -> Any:
     return dataset.select_columns(list(columns))
 
 
+def has_rows(path: str | None) -> bool:
+    """An optional data file that exists and holds at least one example."""
+    if not path or not Path(path).is_file():
+        return False
+    with Path(path).open() as handle:
+        return any(line.strip() for line in handle)
+
+
 def common_args(cfg: RunConfig, cuda: bool) -> dict[str, Any]:
     """TrainingArguments shared by SFT and DPO, with trl's GPU-minded defaults undone for CPU."""
     return dict(
@@ -239,6 +252,8 @@ def make_callback(output_dir: Path) -> Any:
             self.first_tokens = 0
             self.first_step = 0
             self.last_loss: float | None = None
+            self.last_eval_loss: float | None = None
+            self.last_eval_step = -1
 
         def on_train_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
             self.started = time.perf_counter()
@@ -248,7 +263,17 @@ def make_callback(output_dir: Path) -> Any:
             emit("start", step=state.global_step, max_steps=state.max_steps)
 
         def on_log(self, args, state, control, logs=None, **kwargs):  # type: ignore[no-untyped-def]
-            if not state.is_world_process_zero or not logs or "loss" not in logs:
+            if not state.is_world_process_zero or not logs:
+                return
+            if "eval_loss" in logs:  # the held-out split, scored by Trainer.evaluate
+                self.last_eval_loss, self.last_eval_step = float(logs["eval_loss"]), state.global_step
+                row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4),
+                       "eval_loss": self.last_eval_loss, "time": round(time.perf_counter() - self.started, 2)}
+                with self.losses_path.open("a") as sink:
+                    sink.write(json.dumps(row) + "\n")
+                emit("eval", **row)
+                return
+            if "loss" not in logs:
                 return
             self.last_loss = float(logs["loss"])
             row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "loss": self.last_loss,
@@ -327,6 +352,7 @@ def build_trainer(cfg: RunConfig) -> tuple[Any, Any, dict[str, Any]]:
     tokenizer = load_tokenizer(cfg.model)
     model, quantized = load_base(cfg.model)
     train = load_jsonl(cfg.train_file, ("prompt", "completion"))
+    heldout = load_jsonl(cfg.eval_file, ("prompt", "completion")) if has_rows(cfg.eval_file) else None
     packing = cuda if cfg.packing is None else cfg.packing
     args = SFTConfig(
         **common_args(cfg, cuda),
@@ -340,6 +366,12 @@ def build_trainer(cfg: RunConfig) -> tuple[Any, Any, dict[str, Any]]:
         train_sampling_strategy="group_by_length" if not packing and cuda else "random",
         include_num_input_tokens_seen="all" if packing else "non_padding",
         dataset_num_proc=None,
+        # The held-out loss every checkpoint; run() adds one at the end. Loss only: the logits of a
+        # completion-only forward are not needed, and gathering them costs memory.
+        eval_strategy="steps" if heldout is not None else "no",
+        eval_steps=cfg.save_steps,
+        per_device_eval_batch_size=cfg.batch_size if cuda else 1,  # CPU: unpadded, as in training
+        prediction_loss_only=True,
     )
     callback = make_callback(Path(cfg.output_dir))
     if cfg.init_adapter:  # continue training an existing adapter (its own LoRA shape wins)
@@ -350,9 +382,10 @@ def build_trainer(cfg: RunConfig) -> tuple[Any, Any, dict[str, Any]]:
     else:
         peft_config = lora_config(cfg, model)
     trainer = completion_logits_trainer(SFTTrainer)(
-        model=model, args=args, train_dataset=train, processing_class=tokenizer, peft_config=peft_config,
-        callbacks=[callback])
-    info = {"train_examples": len(train), "quantized": quantized, "device": "cuda" if cuda else "cpu"}
+        model=model, args=args, train_dataset=train, eval_dataset=heldout, processing_class=tokenizer,
+        peft_config=peft_config, callbacks=[callback])
+    info = {"train_examples": len(train), "eval_examples": len(heldout) if heldout is not None else 0,
+            "quantized": quantized, "device": "cuda" if cuda else "cpu"}
     return trainer, callback, info
 
 
@@ -369,6 +402,7 @@ def finish(cfg: RunConfig, trainer: Any, callback: Any, info: dict[str, Any], re
             "data_counts": {**cfg.extra.get("data_counts", {}), **{k: v for k, v in info.items() if k.endswith("examples")}},
             "config": dataclasses.asdict(cfg),
             "final_loss": callback.last_loss,
+            "eval_loss": callback.last_eval_loss,
             "global_step": trainer.state.global_step,
             "resumed_from": resumed_from,
             "device": info.get("device"),
@@ -393,6 +427,8 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     resume = last_checkpoint(cfg)
     emit("config", threads=threads, resume_from=resume, **info)
     trainer.train(resume_from_checkpoint=resume)
+    if trainer.eval_dataset is not None and callback.last_eval_step != trainer.state.global_step:
+        trainer.evaluate()  # the final adapter's held-out loss (the last periodic one may be steps behind)
     return finish(cfg, trainer, callback, info, resume)
 
 

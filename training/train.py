@@ -1,9 +1,11 @@
 """Train a new adapter version in a separate process and register it as a candidate.
 
-    flywheel train --dataset ~/.flywheel/datasets/latest [--method sft|dpo] [--max-steps N]
+    flywheel train --dataset ~/.flywheel/datasets/latest [--method sft|dpo|kto] [--max-steps N]
 
     from training.train import train_adapter
     record = train_adapter(settings, store, dataset_dir)          # -> AdapterRecord(version="v0004", ...)
+    for method in preference_stages(settings, dataset_dir):       # "dpo", "kto": when there is enough data
+        record = train_adapter(settings, store, dataset_dir, method=method, init_adapter=record.path)
 
 Why a subprocess: training must start from a freshly loaded base model, never the one serving
 answers (its weights may carry a hot-swapped adapter, and on CPU bitsandbytes/inference paths
@@ -45,7 +47,8 @@ from training.sft import EVENT_PREFIX, RunConfig
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-DATA_FILES = {"sft": "sft_train.jsonl", "dpo": "dpo.jsonl"}
+DATA_FILES = {"sft": "sft_train.jsonl", "dpo": "dpo.jsonl", "kto": "kto.jsonl"}
+HELDOUT_FILE = "sft_heldout.jsonl"  # SFT's eval_dataset: validation loss next to the training loss
 STALL_SECONDS = 1800.0  # no output at all for this long = hung (a real step takes seconds)
 
 
@@ -62,8 +65,34 @@ def count_lines(path: Path) -> int:
 
 def data_counts(dataset_dir: Path) -> dict[str, int]:
     """Examples per file of a dataset folder (what the adapter was trained and judged on)."""
-    names = {"sft_train": "sft_train.jsonl", "sft_heldout": "sft_heldout.jsonl", "dpo": "dpo.jsonl"}
+    names = {"sft_train": "sft_train.jsonl", "sft_heldout": HELDOUT_FILE, "dpo": "dpo.jsonl", "kto": "kto.jsonl"}
     return {key: count_lines(dataset_dir / name) for key, name in names.items()}
+
+
+def kto_labels(path: Path) -> dict[bool, int]:
+    """Rows per label of a kto.jsonl ({True: 👍 drafts, False: 👎 drafts})."""
+    counts = {True: 0, False: 0}
+    if path.is_file():
+        with path.open() as handle:
+            for line in handle:
+                if line.strip():
+                    counts[bool(json.loads(line).get("label"))] += 1
+    return counts
+
+
+def preference_stages(settings: Settings, dataset_dir: str | Path) -> list[str]:
+    """The stages after SFT that `dataset_dir` has enough data for, in the order to run them, each
+    continuing the previous stage's adapter: "dpo" with `min_dpo_pairs` pairs, then "kto" with
+    `kto_min_rows` voted drafts of both labels (KTO's loss weighs 👍 against 👎: one label alone
+    only pushes the model one way, away from its reference)."""
+    folder = Path(dataset_dir).expanduser()
+    stages = []
+    if count_lines(folder / DATA_FILES["dpo"]) >= settings.min_dpo_pairs:
+        stages.append("dpo")
+    labels = kto_labels(folder / DATA_FILES["kto"])
+    if sum(labels.values()) >= settings.kto_min_rows and all(labels.values()):
+        stages.append("kto")
+    return stages
 
 
 def _run_dir_for(settings: Settings, store: Store, run_id: str) -> tuple[str, Path]:
@@ -88,10 +117,12 @@ def build_run_config(
     settings: Settings, dataset_dir: Path, output_dir: Path, *, method: str, run_id: str,
     max_steps: int | None, init_adapter: str | None, counts: dict[str, int],
 ) -> RunConfig:
+    heldout = dataset_dir / HELDOUT_FILE
     return RunConfig(
         model=resolve_model(settings),
         train_file=str(dataset_dir / DATA_FILES[method]),
         output_dir=str(output_dir),
+        eval_file=str(heldout) if method == "sft" and count_lines(heldout) else None,
         init_adapter=init_adapter,
         method=method,
         lora_r=settings.lora_r,
@@ -172,14 +203,16 @@ def describe_failure(returncode: int) -> str:
 
 
 def read_losses(output_dir: Path) -> list[dict[str, Any]]:
-    """The loss curve (one row per logged step; a resumed run's rows are de-duplicated by step)."""
+    """The loss curve: one row per logged step with `loss` and, where the held-out set was scored,
+    `eval_loss` (a resumed run's rows are de-duplicated by step)."""
     rows: dict[int, dict[str, Any]] = {}
     path = output_dir / "losses.jsonl"
     if path.is_file():
         for line in path.read_text().splitlines():
             if line.strip():
                 row = json.loads(line)
-                rows[row["step"]] = {k: row[k] for k in ("step", "loss", "epoch") if k in row}
+                merged = rows.setdefault(row["step"], {"step": row["step"]})
+                merged.update({k: row[k] for k in ("loss", "eval_loss", "epoch") if k in row})
     return [rows[k] for k in sorted(rows)]
 
 
@@ -245,6 +278,7 @@ def train_adapter(
         store.audit(actor, "train.failed", {"version": version, "run_id": run_id, "final_loss": final})
         raise TrainingError(f"training {version} diverged (final loss {final}); the adapter is not registered")
     config = {**summary.get("config", {}), "tokens_per_second": summary.get("tokens_per_second"),
+              "eval_loss": summary.get("eval_loss"),
               "train_seconds": round(time.perf_counter() - started, 1), "resumed_from": summary.get("resumed_from")}
     record = register(settings, store, version=version, path=output_dir, base_model=summary.get("base_model") or cfg.model,
                       run_id=run_id, config=config, data_counts=summary.get("data_counts") or counts,
