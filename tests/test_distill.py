@@ -61,8 +61,8 @@ def test_offline_pairs_are_many_grounded_and_standalone(kb: KnowledgeBase, disti
     assert report.kept == len(pairs) >= 30
     assert report.sections == len(sections) and report.chunks == kb.stats()["chunks"]
     assert report.train + report.heldout == report.kept
-    for pair in pairs:
-        assert is_supported(pair["answer"], pair["text"] + " " + pair["heading"]), pair
+    for pair in pairs:  # refusals (answer NOT_FOUND) are checked in tests/test_offline_teacher.py
+        assert pair["answer"] == NOT_FOUND or is_supported(pair["answer"], pair["text"] + " " + pair["heading"]), pair
         assert not is_leaky(pair["question"]) and pair["question"].endswith("?")
         assert not re.search(r"\[\d+\]", pair["answer"])  # markers are added at dataset time
         assert pair["question"].lower().rstrip("?") not in pair["answer"].lower()  # reworded, not copied
@@ -182,7 +182,7 @@ the current session.</p>
 
 def test_offline_teacher_on_reference_docs(tmp_path: Path) -> None:
     """Item headings of a reference page (SQLite's hidden `<h>`) become sections, and the offline rules
-    ask what each item does, its default and what happens under a condition."""
+    ask what each item does, its default and what happens under a condition (naming the item)."""
     from storage.chunking import chunk_document
     from storage.parsing import parse_file
 
@@ -196,10 +196,12 @@ def test_offline_teacher_on_reference_docs(tmp_path: Path) -> None:
     assert "PRAGMA Statements > List Of PRAGMAs > PRAGMA cache_size" in sections
     pairs = {p.question: p.answer for cs in sections.values() for p in OfflineTeacher().pairs_for(cs, 9)}
     assert pairs["What does PRAGMA cache_size do?"].startswith("Query or change the suggested maximum")
-    assert pairs["What does PRAGMA freelist_count do?"] == "Return the number of unused pages in the database file."
-    assert any(q.endswith("what is the default suggested cache size?") and "is -2000" in a for q, a in pairs.items())
-    assert any(q.startswith("For PRAGMA cache_size, what happens if the argument N is negative") for q in pairs)
-    assert all(is_supported(a, REFERENCE_PAGE.replace("\n", " ")) and not is_leaky(q) for q, a in pairs.items())
+    assert pairs["What is PRAGMA freelist_count for?"] == "Return the number of unused pages in the database file."
+    assert any(re.fullmatch(r"What(?: is|'s) the default suggested cache size\?", q) and "is -2000" in a
+               for q, a in pairs.items())
+    assert "What happens if the argument N is negative with PRAGMA cache_size?" in pairs  # the subject named, no prefix
+    assert all((a == NOT_FOUND or is_supported(a, REFERENCE_PAGE.replace("\n", " "))) and not is_leaky(q)
+               for q, a in pairs.items())
 
 
 def test_max_pairs_budget_loses_nothing(handbook_home: Path, distilled, tmp_path: Path) -> None:

@@ -8,8 +8,13 @@ new and changed documents are distilled and unchanged ones never again. Chunks a
 
 * support — each answer sentence has >= 0.6 of its content words (and all its numbers) in the
   supporting chunks (agent.grounding.support), so the model is never taught an unsupported claim;
-* answerability — no deictic wording ("this section", "the above", ...) and at least 4 words, because
-  at answer time the user never sees the chunk;
+* answerability — the user never sees the chunk at answer time, so the question must stand alone: no
+  deictic wording ("this section", "the above", "here", "it"/"they" with no noun before them), at
+  least 4 content words, and one of them names the subject (a word of the heading path or a name the
+  passage uses, matched on a crude stem: "paged" ~ "Paging");
+* refusals — a pair answered exactly NOT_FOUND teaches the model to refuse a near-topic question; it
+  is kept only when every word it asks about (beyond the subject and question scaffolding like "how
+  much") appears nowhere in the whole document, so an answerable question is never taught a refusal;
 * novelty — not a normalized duplicate, nor token-Jaccard >= 0.8 with an existing question.
 
 The held-out split is fixed per section: sha1(document name + heading) below `heldout_fraction` means
@@ -24,7 +29,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from agent.grounding import content_tokens, sentences, support
+from agent.grounding import STOPWORDS, content_tokens, sentences, support
+from agent.prompts import NOT_FOUND
 from storage.db import new_id, now
 from training.teachers import QAPair, Teacher, TeacherUsage
 
@@ -35,15 +41,25 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MIN_SUPPORT = 0.6
-MIN_QUESTION_WORDS = 4
+MIN_CONTENT_WORDS = 4
 NEAR_DUPLICATE = 0.8
-# Phrases that only make sense to someone looking at the chunk.
+# Phrases that only make sense to someone looking at the chunk. Any "this/these <noun>" points at
+# something on the page ("this option", "this handbook"), except time ("this week").
 DEICTIC = re.compile(
-    r"\b(this|the above|that|the following|the preceding) (section|passage|text|paragraph|page|document|table|"
+    r"\b(the above|that|the following|the preceding) (section|passage|text|paragraph|page|document|table|"
     r"list|excerpt|chunk)\b|\bthe (above|passage|text|excerpt|chunk)\b|\baccording to the (document|text|passage|"
-    r"section|context)\b|\b(mentioned|described|listed|shown) (above|below)\b|\bin the context\b",
+    r"section|context)\b|\b(mentioned|described|listed|shown) (above|below)\b|\bin the context\b|\bhere\b|"
+    r"\b(this|these)\b(?!\s+(?:year|month|week|quarter|morning|afternoon|evening|weekend|time)\b)",
     re.IGNORECASE,
 )
+# "it"/"they"/"them" with (almost) nothing before it to refer to: "What happens if they do not know?".
+_PRONOUN = re.compile(r"^(?P<before>.*?)\b(?:it|they|them|It|They)\b")  # not "IT", the department
+# Words that frame a question rather than name what it asks for ("how much", "the latest", "do I need").
+FILLER = frozenset("""much many long soon often exactly latest current currently usually still really first last
+    official ever need needs get gets have has work works run runs install find know tell happen happens
+    available allowed able people anyone someone rule rules""".split())
+_WH = frozenset("what how when why which who whom where".split())
+_WORD = re.compile(r"[A-Za-z0-9_]+(?:['.-][A-Za-z0-9_]+)*")
 
 
 @dataclass
@@ -83,8 +99,73 @@ def jaccard(a: set[str], b: set[str]) -> float:
     return len(a & b) / len(a | b) if a or b else 1.0
 
 
+def content_words(question: str) -> list[str]:
+    """The question's words minus grammar (agent.grounding.STOPWORDS) — but the question word counts:
+    "how soon" asks something else than "what", so "How soon should I upload receipts?" has 4 — and an
+    identifier's parts count as words (`cache_size`: cache, size)."""
+    out = []
+    for word in _WORD.findall(question.lower().replace("_", " ")):
+        base = word.split("'")[0]  # what's -> what, don't -> don
+        if (base in _WH or base not in STOPWORDS | {"don", "doesn", "isn", "aren", "can", "won", "let"}) \
+                and len(base) > 1:
+            out.append(word)
+    return out
+
+
+def _bare_pronoun(question: str) -> bool:
+    """"What happens if they do not know?", "Why should I report it?": a pronoun with at most one content
+    word before it has no noun to refer to ("How soon must a page be acknowledged before it escalates?"
+    has one)."""
+    found = _PRONOUN.search(question)
+    return bool(found) and len(set(content_words(found.group("before"))) - _WH) <= 1
+
+
 def is_leaky(question: str) -> bool:
-    return bool(DEICTIC.search(question)) or len(question.split()) < MIN_QUESTION_WORDS
+    """Ambiguous without the passage: deictic wording, a bare pronoun subject, or too few content words."""
+    return (bool(DEICTIC.search(question)) or _bare_pronoun(question)
+            or len(content_words(question)) < MIN_CONTENT_WORDS)
+
+
+def stem(word: str) -> str:
+    """Crude and lenient: `paged`, `paging`, `page` -> `pag`; `buddies` ~ `buddy`; first 5 letters."""
+    word = word.lower().split("'")[0]
+    if len(word) > 3:
+        for suffix, repl in (("ies", "y"), ("ing", ""), ("ied", "y"), ("ed", ""), ("es", ""), ("s", "")):
+            if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+                word = word[: -len(suffix)] + repl
+                break
+    return (word[:-1] if word.endswith("e") and len(word) > 3 else word)[:5]
+
+
+def stems(text: str, split_compounds: bool = False) -> set[str]:
+    """Stems of the content words; `split_compounds` also splits `high-cost`, `cache_size`, `a.b`."""
+    words = _WORD.findall(text)
+    if split_compounds:
+        words += [part for w in words for part in re.split(r"[-_.']", w) if part]
+    return {stem(w) for w in words if w.lower() not in STOPWORDS and len(w) > 1}
+
+
+# A name the passage uses: `code`, words with a digit, an underscore or an inner capital (SEV1,
+# cache_size, GitHub), and Capitalised words inside a sentence (Ledgerly, Beacon).
+_NAME = re.compile(r"`([^`]{2,40})`|\b(\w*\d\w*|\w+_\w+|[A-Za-z]+[A-Z]\w*)\b|(?<=[a-z,] )([A-Z][a-z]{2,})\b")
+
+
+def subject_stems(heading: str | None, passage: str = "") -> set[str]:
+    """What a question may name to say what it is about: the heading path's words and the passage's names."""
+    names = [" ".join(g for g in m.groups() if g) for m in _NAME.finditer(passage)]
+    return stems(heading or "") | stems(" ".join(names), split_compounds=True)
+
+
+def names_subject(question: str, heading: str | None, passage: str = "") -> bool:
+    return bool(stems(question) & subject_stems(heading, passage))
+
+
+def refusal_holds(question: str, document: str, heading: str | None = "") -> bool:
+    """An unanswerable (NOT_FOUND) pair is kept only when it asks about something the document never
+    mentions: every word beyond the subject and the filler is absent from the whole document.
+    Strict on purpose — a refusal taught for an answerable question is worse than one refusal less."""
+    asked = stems(question) - subject_stems(heading, document) - {stem(w) for w in FILLER}
+    return bool(asked) and not asked & stems(document + " " + (heading or ""), split_compounds=True)
 
 
 def is_supported(answer: str, evidence: str) -> bool:
@@ -142,14 +223,20 @@ def distill(settings: Settings, store: Store, teacher: Teacher, max_pairs: int |
             continue
         report.generated += len(pairs)
         heldout = is_heldout(doc["name"], doc["heading"], settings.heldout_fraction)
-        rows, cut = [], False
+        rows, cut, document = [], False, None
         for pair in pairs:
             evidence = "\n".join(by_id[i]["text"] + " " + (by_id[i]["heading"] or "") for i in pair.chunk_ids
                                  if i in by_id)
-            if not evidence or not is_supported(pair.answer, evidence):
+            if pair.answer.strip() == NOT_FOUND:
+                # A refusal is "supported" when the whole document, not just this section, lacks the answer.
+                document = document if document is not None else _document_text(store, doc["id"])
+                supported = bool(evidence) and refusal_holds(pair.question, document, doc["heading"])
+            else:
+                supported = bool(evidence) and is_supported(pair.answer, evidence)
+            if not supported:
                 report.dropped_unsupported += 1
                 continue
-            if is_leaky(pair.question):
+            if is_leaky(pair.question) or not names_subject(pair.question, doc["heading"], evidence):
                 report.dropped_leaky += 1
                 continue
             if seen.duplicate(pair.question):
@@ -176,6 +263,11 @@ def distill(settings: Settings, store: Store, teacher: Teacher, max_pairs: int |
     report.usage = teacher.usage
     store.audit("distill", "distill", {k: v for k, v in report.as_dict().items() if k != "usage"})
     return report
+
+
+def _document_text(store: Store, document_id: str) -> str:
+    rows = store.query("SELECT text, heading FROM chunks WHERE document_id = ? ORDER BY ord", (document_id,))
+    return "\n".join(f"{r['heading'] or ''}\n{r['text']}" for r in rows)
 
 
 def drop_stale_pairs(store: Store) -> int:

@@ -73,7 +73,8 @@ PRICES: dict[str, tuple[float, float, float, float]] = {
 
 TOOL = {
     "name": "record_qa_pairs",
-    "description": "Record question/answer pairs grounded in the given document section.",
+    "description": "Record question/answer pairs about the given document section: answerable ones grounded in "
+                   f"it, and a few near-topic ones it does not answer, whose answer is exactly \"{NOT_FOUND}\".",
     "input_schema": {
         "type": "object",
         "properties": {
@@ -82,10 +83,19 @@ TOOL = {
                 "items": {
                     "type": "object",
                     "properties": {
-                        "question": {"type": "string"},
-                        "answer": {"type": "string"},
-                        "reasoning": {"type": "string"},
-                        "chunk_ids": {"type": "array", "items": {"type": "string"}},
+                        "question": {"type": "string", "description": (
+                            "What a colleague would type in chat, in their own words; understandable without "
+                            "the section and naming its subject.")},
+                        "answer": {"type": "string", "description": (
+                            "One or more complete sentences stating only facts from the section (steps of a "
+                            f"procedure in order), ending with punctuation, no citation markers; or exactly "
+                            f"\"{NOT_FOUND}\" for a question the section does not answer.")},
+                        "reasoning": {"type": "string", "description": (
+                            "Which sentence answers it; for an unanswerable question, the word it asks about "
+                            "that the section never uses.")},
+                        "chunk_ids": {"type": "array", "items": {"type": "string"}, "description": (
+                            "Ids of the chunks that support the answer (for an unanswerable question, the "
+                            "chunks about its subject).")},
                     },
                     "required": ["question", "answer", "chunk_ids"],
                 },
@@ -97,12 +107,22 @@ TOOL = {
 
 INSTRUCTIONS = (
     "You write training data for a small assistant that answers a team's questions from its documents. "
-    "From the document section above, write up to {n} question/answer pairs that a colleague would really "
-    "ask. Rules: each question must make sense on its own, without seeing the section (never say 'this "
-    "section', 'the text', 'the above'); each answer is one or two short sentences that use only facts "
-    "stated in the section, keep its exact numbers and names, and contains no citation markers; "
-    "chunk_ids lists the ids of the chunks that support the answer. Prefer specific facts, limits, "
-    "deadlines, procedures and definitions. Record the pairs with the record_qa_pairs tool."
+    "From the document section above, write up to {n} question/answer pairs that colleagues would really "
+    "type in chat. Questions: vary how they are asked, as people do (\"How do I ...?\", \"Why does ...?\", "
+    "\"What happens if ...?\", \"Which option ...?\", \"What's the default ...?\", \"Can I ...?\", \"When "
+    "should I ...?\"), in the asker's own words rather than the section's (paraphrase; first person), and "
+    "each must make sense on its own, without seeing the section: name the subject it is about (a tool, "
+    "policy, command or topic) and never point at the page ('this section', 'the text', 'the above', "
+    "'here', or 'it'/'they' with no noun). Answers: one or more complete sentences, ending with "
+    "punctuation, that use only facts stated in the section, keep its exact numbers and names, and "
+    "contain no citation markers; a procedure's question is \"How do I ...?\" and its answer gives the "
+    "steps in order. About 10-15% of the pairs (at least one when you write 7 or more) are unanswerable: "
+    "a near-topic question about the same subject asking for something the section never mentions (a "
+    "limit, a version, a price, an owner, a date), worded with a key word the section does not use, "
+    "and answered exactly \"{nf}\" (nothing else); questions the section answers even partly are never "
+    "unanswerable. chunk_ids lists the ids of the chunks that support the answer (for an unanswerable "
+    "question, the chunks about its subject). Prefer specific facts, limits, deadlines, procedures and "
+    "definitions. Record the pairs with the record_qa_pairs tool."
 )
 
 REWRITE_PROMPT = (
@@ -200,7 +220,7 @@ class AnthropicTeacher:
                 "content": [
                     # The section is the big, repeated part: cache it (re-asks and rewrites reuse it).
                     {"type": "text", "text": header + document, "cache_control": {"type": "ephemeral"}},
-                    {"type": "text", "text": INSTRUCTIONS.format(n=max_pairs)},
+                    {"type": "text", "text": INSTRUCTIONS.format(n=max_pairs, nf=NOT_FOUND)},
                 ],
             }],
         )
