@@ -10,8 +10,14 @@ don't answer (the right reply is the refusal). Scores: hit@1, hit@5 and MRR (a r
 the item's source, on one of its pages when given), accuracy (every must_include string in the answer,
 case-insensitive, and not a refusal), token-F1 and ROUGE-L against the reference, groundedness (share
 of answer sentences supported by the cited chunks), latency p50/p95, and refusals both ways:
-`false_refusal` (answerable questions refused) and `correct_refusal` (unanswerable questions refused).
+`false_refusal` (answerable questions refused) and `correct_refusal` (unanswerable questions refused),
+and citation validity per answer (at least one [n] marker, every one pointing at a passage shown).
 `produced_by_<kind>` is the share of answers written by the model, quoted, refused or smalltalk.
+An item with only a reference answer (no must_include) counts as accurate at token-F1 >= 0.5.
+
+This module is the one place answers are scored: the eval gate (training/gate.py) calls `score_item`
+and `summarize` for the final answers and the model's drafts alike, so `flywheel eval` and the gate
+share one definition of accuracy, refusal and citation validity.
 
 Eval answers are not recorded as usage (no interaction rows): they would otherwise turn into
 training data and inflate the bot's usage numbers.
@@ -20,6 +26,7 @@ training data and inflate the bot's usage numbers.
 from __future__ import annotations
 
 import json
+import re
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -28,7 +35,16 @@ from typing import Any
 
 from rich.table import Table
 
-from agent.metrics import contains_all, groundedness, hit_at_k, percentile, reciprocal_rank, rouge_l, token_f1
+from agent.metrics import (
+    contains_all,
+    groundedness,
+    hit_at_k,
+    percentile,
+    reciprocal_rank,
+    rouge_l,
+    strip_citations,
+    token_f1,
+)
 
 
 def load_qa(path: Path | list[Path], limit: int = 0) -> list[dict[str, Any]]:
@@ -48,8 +64,47 @@ def load_qa(path: Path | list[Path], limit: int = 0) -> list[dict[str, Any]]:
     return items[:limit] if limit else items
 
 
+F1_CORRECT = 0.5  # token-F1 against the reference at which an item without must_include counts as accurate
+_MARKERS = re.compile(r"\[\s*(\d+(?:\s*[,\-\u2013]\s*\d+)*)\s*\]")
+
+
+def is_refused(result: dict[str, Any]) -> bool:
+    """The answer is the not-found reply (or text the agent's check didn't ground)."""
+    return result.get("produced_by") == "refusal" or not result.get("grounded")
+
+
+def is_accurate(answer: str, item: dict[str, Any], refused: bool) -> bool:
+    """THE accuracy of one answer, for `flywheel eval` and the gate alike: never a refusal (even when its
+    list of closest sources happens to name the key string); every must_include string present; for an
+    item with only a reference answer, token-F1 (citation markers stripped) >= F1_CORRECT against it."""
+    if refused or not answer.strip():
+        return False
+    if item.get("must_include"):
+        return contains_all(answer, item["must_include"])
+    return token_f1(strip_citations(answer), item.get("answer") or "") >= F1_CORRECT
+
+
+def citation_markers(text: str) -> list[int]:
+    """Every passage number cited: [1], [2, 3], [1-3] (ranges expanded), in order."""
+    numbers: list[int] = []
+    for group in _MARKERS.findall(text):
+        for part in re.split(r"\s*,\s*", group):
+            bounds = [int(x) for x in re.split(r"\s*[\-\u2013]\s*", part) if x]
+            numbers += list(range(bounds[0], bounds[-1] + 1)) if len(bounds) == 2 else bounds
+    return numbers
+
+
+def citations_valid(text: str, passages: int) -> bool:
+    """Citation validity of ONE answer: at least one [n] marker, and every marker points at a passage that
+    was shown (1..passages). Defined per answer so that a model that never cites scores 0, not a perfect
+    "no invalid markers"."""
+    markers = citation_markers(text)
+    return bool(markers) and all(1 <= n <= passages for n in markers)
+
+
 def score_item(item: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
-    """Per-item scores; retrieval scores only when the item names a source or pages."""
+    """Per-item scores; retrieval scores only when the item names a source or pages, citation validity only
+    when the result carries the `passages` shown to the model."""
     scores: dict[str, Any] = {}
     retrieved = result["retrieved"]
     if item.get("source") or item.get("pages"):
@@ -59,14 +114,15 @@ def score_item(item: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
         scores["mrr"] = reciprocal_rank(retrieved, source, pages)
     answer = result.get("answer")
     if answer is not None:
-        refused = result.get("produced_by") == "refusal" or not result.get("grounded")
+        refused = is_refused(result)
         if item.get("unanswerable"):
             scores["correct_refusal"] = refused
             return scores
         scores["false_refusal"] = refused
-        if item.get("must_include"):
-            # A refusal never counts, even when its list of closest sources happens to name the key string.
-            scores["accuracy"] = not refused and contains_all(answer, item["must_include"])
+        if item.get("must_include") or item.get("answer"):
+            scores["accuracy"] = is_accurate(answer, item, refused)
+        if "passages" in result:
+            scores["citation_validity"] = citations_valid(answer, len(result["passages"] or []))
         if item.get("answer"):
             scores["f1"] = token_f1(answer, item["answer"])
             scores["rouge_l"] = rouge_l(answer, item["answer"])
@@ -116,7 +172,7 @@ def run_eval(agent, qa_path: Path, out: Path | None = None, limit: int = 0, retr
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     summary: dict[str, Any] = {"n": len(rows)}
     for key in ("hit@1", "hit@5", "mrr", "accuracy", "f1", "rouge_l", "groundedness", "grounded",
-                "false_refusal", "correct_refusal"):
+                "citation_validity", "false_refusal", "correct_refusal"):
         values = [float(r["scores"][key]) for r in rows if key in r["scores"]]
         if values:
             summary[key] = round(mean(values), 4)

@@ -11,7 +11,7 @@ and each command here only maps arguments onto it and renders the result.
     flywheel distill [--teacher auto] [--max-pairs N] [--json]   # Q&A pairs from new document sections
     flywheel dataset [--json]                       # SFT/DPO/KTO JSONL from pairs and feedback
     flywheel train --dataset DIR [--method sft|dpo] [--max-steps N] [--run-id ID]   # new candidate adapter
-    flywheel adapters | promote VERSION [--force] | rollback | gate VERSION --qa heldout.jsonl
+    flywheel adapters | promote VERSION [--force] | rollback | gate VERSION [--qa qa.jsonl] [--force]
 """
 
 from __future__ import annotations
@@ -389,39 +389,55 @@ def gate(
     version: str,
     qa: Annotated[Optional[Path], typer.Option(help="Extra QA JSONL (question, answer/must_include).")] = None,
     apply: Annotated[bool, typer.Option(help="Promote or reject according to the decision.")] = True,
+    force: Annotated[bool, typer.Option(help="Decide even with fewer than gate_min_items questions.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the reports as JSON.")] = False,
 ) -> None:
-    """Evaluate VERSION against the current adapter and the base on the held-out distilled questions
-    (plus --qa), and promote it only if it is better by the margin with no guard metric regressing."""
-    _run_gate(version, qa, apply=apply, as_json=as_json)
+    """Evaluate VERSION against the current adapter (the base when none serves) on held-out distilled
+    questions, 👍 answers and --qa, and promote it only if its final answers are significantly more
+    accurate (95%) with no guard metric getting worse."""
+    _run_gate(version, qa, apply=apply, as_json=as_json, force=force)
 
 
-def _run_gate(version: str, qa: Path | list[Path] | None, apply: bool, as_json: bool) -> None:
+def _run_gate(version: str, qa: Path | list[Path] | None, apply: bool, as_json: bool, force: bool = False) -> None:
+    from dataclasses import asdict
+
     from agent.evaluate import load_qa
     from storage.db import Store
     from storage.knowledge import KnowledgeBase
-    from training.cycle import heldout_questions
-    from training.gate import run_gate
+    from training.cycle import gate_questions
+    from training.gate import PRODUCERS, VIEW_METRICS, run_gate
     from training.judge import CRITERIA as JUDGE_CRITERIA
 
     settings = _settings()
     store = Store(settings.db_path)
-    items = heldout_questions(store, settings.gate_max_items) + (load_qa(qa) if qa else [])
+    items = gate_questions(store, settings.gate_max_items, load_qa(qa) if qa else [])
     if not items:
-        err.print("No held-out questions yet (run `flywheel distill`) and no --qa file given.")
+        err.print("No held-out questions or 👍 answers yet (run `flywheel distill`) and no --qa file given.")
         raise typer.Exit(2)
     decision, reports = run_gate(settings.model_copy(update={"max_new_tokens": settings.gate_max_new_tokens}),
-                                 store, KnowledgeBase(settings, store), version, items, actor="cli", apply=apply)
+                                 store, KnowledgeBase(settings, store), version, items, actor="cli", apply=apply,
+                                 force=force)
     if as_json:
-        print(json.dumps({"decision": {"promote": decision.promote, "reasons": decision.reasons,
-                                       "notes": decision.notes}, "reports": reports}, default=str))
+        print(json.dumps({"decision": asdict(decision), "reports": reports}, default=str))
         return
-    metrics = list(next(iter(reports.values()))["draft"])
-    table = Table("metric (model drafts)", *[f"{name} ({r['label']})" for name, r in reports.items()],
-                  title=f"{len(items)} questions")
-    for metric in metrics:
-        table.add_row(metric, *[f"{r['draft'][metric]:.3f}" for r in reports.values()])
+    first = next(iter(reports.values()))
+    table = Table("metric (final answers, then drafts)", *[f"{name} ({r['label']})" for name, r in reports.items()],
+                  title=f"{first['n']} questions ({first['answerable']} answerable, {first['unanswerable']} not)")
+
+    def row(label: str, view: str, key: str) -> None:
+        values = [r[view].get(key) for r in reports.values()]
+        if any(v is not None for v in values):
+            table.add_row(label, *["—" if v is None else f"{v:.3f}" for v in values])
+
+    for key in VIEW_METRICS:  # what users see: decides
+        row(key, "final", key)
+    for producer in PRODUCERS:
+        row(f"produced by {producer}", "final", f"produced_by_{producer}")
+    table.add_section()
+    for key in (*VIEW_METRICS, "cite_rate", "no_runaway"):  # the model's own drafts: reported
+        row(f"draft {key}", "draft", key)
     if any("judge_usage" in r for r in reports.values()):  # Claude judged (reported, not decisive)
+        table.add_section()
         for criterion in JUDGE_CRITERIA:
             key = f"judge_{criterion}"
             table.add_row(f"{key} (1–5)", *[f"{r[key]:.2f}" if key in r else "—" for r in reports.values()])
@@ -430,6 +446,9 @@ def _run_gate(version: str, qa: Path | list[Path] | None, apply: bool, as_json: 
         table.add_row("judge cost", *[f"${r['judge_usage']['cost_usd']:.4f}" if "judge_usage" in r else "—"
                                       for r in reports.values()])
     console.print(table)
+    console.print(f"accuracy Δ vs {escape(decision.reference)}: {decision.delta:+.3f}, 95% CI "
+                  f"[{decision.ci_low:+.3f}, {decision.ci_high:+.3f}], sign test p = {decision.p_value:.3g} "
+                  f"({decision.better} better, {decision.worse} worse of {decision.paired})")
     verdict = "[green]PROMOTE[/] " if decision.promote else "[red]REJECT[/] "
     console.print(verdict + escape("; ".join(decision.reasons)) + ("" if apply else " [dim](not applied)[/]"))
     for note in decision.notes:

@@ -111,10 +111,14 @@ class Settings(BaseSettings):
     grad_accum: int = 1
     max_seq_len: int = Field(768, description="Training sequences are truncated/packed to this many tokens.")
     train_threads: int = Field(0, description="torch threads while training; 0 = all cores.")
-    promote_margin: float = Field(0.02, description="A candidate must beat the current adapter by this much to be promoted.")
+    promote_margin: float = Field(0.02, description="Smallest accuracy gain (final answers, candidate minus the serving "
+                                  "adapter) worth promoting; the gain must also be significant at 95%.")
     guard_tolerance: float = Field(0.02, description="Largest allowed drop of a guard metric (groundedness, citations, refusals).")
     min_new_pairs: int = Field(8, description="Fewer new training pairs than this and a retrain is skipped.")
-    gate_max_items: int = Field(24, description="Held-out questions the gate asks each adapter (CPU time).")
+    gate_max_items: int = Field(60, description="Held-out distilled pairs and 👍 answers the gate asks each adapter "
+                                "(CPU time); the admin's --qa items come on top.")
+    gate_min_items: int = Field(40, description="Fewer gate questions than this and the gate won't promote (unless "
+                                "forced): a smaller sample can't show a real gain.")
     gate_max_new_tokens: int = Field(96, description="Answer length cap while the gate evaluates.")
     cycle_cron: str = Field(
         "0 3 * * sun",

@@ -31,9 +31,19 @@ def test_whole_cycle_on_a_tiny_model(cycle_settings):
     assert run["status"] == "succeeded" and run["adapter_version"] == "v0001"
     assert json.loads(run["durations"])["train"] > 0
     adapter = store.query("SELECT * FROM adapters WHERE version = 'v0001'")[0]
-    # A random tiny model trained for two steps is no better than its base: the gate must say no.
-    assert adapter["status"] == ("promoted" if result.promoted else "rejected")
-    assert json.loads(adapter["metrics"])["decision"]["reasons"]
+    # Six held-out questions can't show a real gain (gate_min_items = 40): the gate must say no, whatever
+    # the two training steps did, and record why, with the comparison it made against the base model.
+    assert not result.promoted and adapter["status"] == "rejected"
+    assert result.reasons[0] == "only 6 held-out items; need 40 (add a --qa file, or force the decision)"
+    metrics = json.loads(adapter["metrics"])
+    decision = metrics["decision"]
+    assert decision["promote"] is False and decision["reference"] == "base" and not decision["forced"]
+    assert decision["n_items"] == metrics["n"] == metrics["answerable"] + metrics["unanswerable"] == 6
+    assert decision["paired"] == metrics["answerable"] > 0  # distill's NOT_FOUND pairs are the unanswerable ones
+    assert decision["delta"] == pytest.approx(metrics["primary"] - metrics["compared"]["base"]["primary"], abs=1e-3)
+    assert decision["ci_low"] <= decision["delta"] <= decision["ci_high"] and 0 < decision["p_value"] <= 1
+    assert [i["origin"] for i in metrics["items"]] == ["heldout"] * 6
+    assert result.metrics["candidate"]["n"] == 6 and result.metrics["base"]["n"] == 6
     assert any("train" in line for line in lines)
 
     # Nothing new since: the next cycle is skipped without training.
@@ -56,10 +66,10 @@ def test_whole_cycle_on_a_tiny_model(cycle_settings):
         assert compared.exit_code == 0, compared.output
         reports = json.loads(compared.stdout)["reports"]
         assert set(reports) == {"base", "candidate"} and reports["candidate"]["n"] == 3
-        assert store.query("SELECT status FROM adapters WHERE version = 'v0001'")[0]["status"] == adapter["status"]
-        if not result.promoted:
-            promoted = runner.invoke(app, ["promote", "v0001", "--force"], env=env)
-            assert promoted.exit_code == 0, promoted.output
+        assert json.loads(compared.stdout)["decision"]["promote"] is False  # three items: too few to promote
+        assert store.query("SELECT status FROM adapters WHERE version = 'v0001'")[0]["status"] == "rejected"
+        promoted = runner.invoke(app, ["promote", "v0001", "--force"], env=env)  # an admin overrides the gate
+        assert promoted.exit_code == 0, promoted.output
         status = runner.invoke(app, ["status", "--json"], env=env)
         assert json.loads(status.stdout)["adapter"] == "v0001"
     finally:
@@ -85,20 +95,32 @@ def test_crash_mid_cycle_leaves_serving_untouched(cycle_settings, monkeypatch):
     assert runs[result.run_id]["status"] == "failed" and runs[result.run_id]["error"]
 
 
-def test_concurrent_cycles_in_threads_run_once(cycle_settings):
-    results = []
-    barrier = threading.Barrier(2)
+def test_a_second_cycle_is_refused_while_the_first_holds_the_lock(cycle_settings):
+    """Cycle A is held inside its run (its first progress message blocks) while cycle B is started: B must
+    come back "busy" at once, without a run row; after A finishes, a cycle runs again."""
+    inside, release = threading.Event(), threading.Event()
+    first: list = []
 
-    def go():
-        barrier.wait()
-        results.append(run_cycle(cycle_settings, max_pairs=0))
+    def hold(message: str) -> None:
+        inside.set()  # A is past lock.acquire(): it holds the lock now
+        assert release.wait(timeout=120), "the test never released the first cycle"
 
-    threads = [threading.Thread(target=go) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert sorted(r.status for r in results) in (["busy", "skipped"], ["skipped", "skipped"])
+    holder = threading.Thread(target=lambda: first.append(run_cycle(cycle_settings, max_pairs=0, on_progress=hold)))
+    holder.start()
+    try:
+        assert inside.wait(timeout=120), "the first cycle never started"
+        second = run_cycle(cycle_settings, max_pairs=0)
+        assert second.status == "busy" and second.run_id is None
+        assert second.summary() == "A flywheel cycle is already running; not starting another."
+        store = Store(cycle_settings.db_path)
+        assert [r["status"] for r in store.query("SELECT status FROM training_runs")] == ["running"]  # only A's
+    finally:
+        release.set()
+        holder.join(timeout=120)
+    assert not holder.is_alive() and first[0].status == "skipped"  # nothing new to train on
+    again = run_cycle(cycle_settings, max_pairs=0)  # the lock was released with A
+    assert again.status == "skipped" and again.run_id is not None
+    assert sorted(r["status"] for r in store.query("SELECT status FROM training_runs")) == ["skipped", "skipped"]
 
 
 def test_scheduler_registers_the_cycle_and_records_the_next_run(cycle_settings):

@@ -11,7 +11,7 @@ import pytest
 
 from storage.samples import sample_questions, unanswerable_questions
 from training import registry
-from training.gate import GUARDS, compare, run_gate, summarize
+from training.gate import compare, gate_item, paired_bootstrap, run_gate, sign_test
 from training.registry import RegistryError
 from training.sft import CRASH_ENV, RunConfig, build_trainer
 from training.train import TrainingError, train_adapter
@@ -239,46 +239,120 @@ def test_promotion_is_one_transaction(settings, store):
         registry.promote(settings, store, "v0042", "admin")
 
 
-# --- eval gate --------------------------------------------------------------------------------
-def _report(primary_parts: tuple[float, float], **guards: float) -> dict:
-    draft = {"accuracy": primary_parts[0], "f1": primary_parts[1], "rouge_l": 0.5,
-             **{g: 1.0 for g in GUARDS}, **guards}
-    draft["primary"] = sum(primary_parts) / 2
-    return summarize([]) | {"primary": draft["primary"], "draft": draft}
+# --- eval gate ---------------------------------------------------------------------------------
+def _report(correct: list[int], label: str = "x", unanswerable: int = 0, qa: str = "h", **final: float) -> dict:
+    """A gate report with per-item accuracy `correct` (1/0 per answerable item) and final-view guards."""
+    items = [{"id": f"q{i}", "origin": "qa", "answerable": True, "accuracy": c} for i, c in enumerate(correct)]
+    items += [{"id": f"u{i}", "origin": "qa", "answerable": False, "accuracy": None} for i in range(unanswerable)]
+    view = {"accuracy": round(sum(correct) / len(correct), 4), "false_refusal": 0.0, "groundedness": 1.0,
+            "citation_validity": 1.0, **({"correct_refusal": 1.0} if unanswerable else {}), **final}
+    return {"n": len(items), "answerable": len(correct), "unanswerable": unanswerable, "primary": view["accuracy"],
+            "final": view, "draft": {}, "items": items, "label": label, "qa_hash": qa}
 
 
-def test_compare_promotes_only_a_clear_improvement_without_guard_regressions():
-    base = _report((0.40, 0.40))
-    assert compare(_report((0.50, 0.50)), None, base, 0.02, 0.02).promote
-    worse = compare(_report((0.30, 0.30)), None, base, 0.02, 0.02)
-    assert not worse.promote and worse.reference == "base" and "not better enough" in worse.reasons[0]
-    assert not compare(_report((0.41, 0.41)), None, base, 0.02, 0.02).promote  # within the margin
-    current = _report((0.60, 0.60))
-    assert not compare(_report((0.50, 0.50)), current, base, 0.02, 0.02).promote  # beats base, not current
-    guarded = compare(_report((0.70, 0.70), groundedness=0.80), current, base, 0.02, 0.02)
-    assert not guarded.promote and any("groundedness" in r for r in guarded.reasons)
-    assert compare(_report((0.70, 0.70), refusal=0.99), current, base, 0.02, 0.02).promote  # within tolerance
+def test_sign_test_and_bootstrap_are_exact_and_repeatable():
+    assert sign_test(1, 0) == 1.0 and sign_test(2, 0) == 0.5 and sign_test(0, 0) == 1.0
+    assert sign_test(6, 0) == sign_test(0, 6) == 2 / 64  # the smallest all-one-way split below 0.05
+    assert sign_test(5, 0) == 2 / 32 and sign_test(10, 10) == 1.0
+    assert sign_test(7, 1) == pytest.approx(2 * (1 + 8) / 256)
+    diffs = [1] * 10 + [0] * 30
+    low, high = paired_bootstrap(diffs)
+    assert paired_bootstrap(diffs) == (low, high)  # fixed seed: the same data, the same decision
+    assert 0 < low < 0.25 < high < 0.5
+    assert paired_bootstrap([0] * 40) == (0.0, 0.0) and paired_bootstrap([]) == (0.0, 0.0)
 
 
-def test_gate_end_to_end_rejects_a_broken_candidate(settings, kb_store, tiny_model_dir):
+def test_compare_promotes_only_a_significant_gain_without_guard_regressions():
+    base = _report([1] * 20 + [0] * 20, "base", unanswerable=4)
+    clear = compare(_report([1] * 30 + [0] * 10, "v0002", unanswerable=4), None, base, 0.02, 0.02, min_items=40)
+    assert clear.promote and (clear.better, clear.worse, clear.paired, clear.n_items) == (10, 0, 40, 44)
+    assert clear.delta == 0.25 and clear.ci_low > 0 and clear.p_value == pytest.approx(2 / 1024)
+    assert "Δ +0.250" in clear.reasons[0] and "95% CI [" in clear.reasons[0] and "p = 0.00195" in clear.reasons[0]
+
+    barely = compare(_report([1] * 22 + [0] * 18, unanswerable=4), None, base, 0.02, 0.02)
+    assert not barely.promote and barely.delta == 0.05 and "not a significant gain" in barely.reasons[0]
+    # The same mean gain with items lost on the way is not significant either: 10 better, 4 worse.
+    mixed = compare(_report([1] * 16 + [0] * 4 + [1] * 10 + [0] * 10, unanswerable=4), None, base, 0.02, 0.02)
+    assert (mixed.better, mixed.worse) == (10, 4) and mixed.p_value > 0.05 and not mixed.promote
+    small = compare(_report([1] * 30 + [0] * 10, unanswerable=4), None, base, 0.30, 0.02)
+    assert not small.promote and "below the minimum 0.300" in small.reasons[0]  # promote_margin: min effect size
+
+    current = _report([1] * 30 + [0] * 10, "v0001", unanswerable=4)
+    vs_current = compare(_report([1] * 30 + [0] * 10, "v0002", unanswerable=4), current, base, 0.02, 0.02)
+    assert not vs_current.promote and vs_current.reference == "v0001" and vs_current.delta == 0.0  # beats base only
+
+    guarded = [compare(_report([1] * 40, unanswerable=4, **{guard: value}), None, base, 0.02, 0.02)
+               for guard, value in (("groundedness", 0.9), ("citation_validity", 0.97), ("false_refusal", 0.05),
+                                    ("correct_refusal", 0.75))]
+    for decision, guard in zip(guarded, ("groundedness", "citation_validity", "false_refusal", "correct_refusal")):
+        assert not decision.promote and decision.p_value < 0.001, decision.reasons
+        assert any(r.startswith(f"guard {guard} (final) got worse") for r in decision.reasons)
+    assert compare(_report([1] * 40, unanswerable=4, groundedness=0.99), None, base, 0.02, 0.02).promote  # tolerated
+
+    few = compare(_report([1] * 30 + [0] * 10, unanswerable=4), None, base, 0.02, 0.02, min_items=50)
+    assert not few.promote and few.reasons[0].startswith("only 44 held-out items; need 50")
+    forced = compare(_report([1] * 30 + [0] * 10, unanswerable=4), None, base, 0.02, 0.02, min_items=50, force=True)
+    assert forced.promote and forced.forced
+    with pytest.raises(ValueError, match="different questions"):
+        compare(_report([1] * 40, qa="other"), None, base, 0.02, 0.02)
+    assert not compare(_report([1] * 40), None, None, 0.02, 0.02).promote  # nothing to compare with: no
+
+
+def test_one_scoring_module_defines_accuracy_refusal_and_citation_validity_per_answer():
+    from agent.evaluate import score_item
+    from agent.evaluate import summarize as eval_summary
+    from agent.prompts import NOT_FOUND
+
+    shown = [{"text": "Acknowledge a page within 15 minutes."}, {"text": "Escalation goes to the secondary."}]
+    item = {"question": "How soon?", "must_include": ["15 minutes"], "answer": "Within 15 minutes."}
+
+    def scores(answer: str, produced_by: str = "model", it: dict = item) -> dict:
+        return score_item(it, {"answer": answer, "produced_by": produced_by, "grounded": produced_by != "refusal",
+                               "citations": [], "retrieved": [], "passages": shown})
+
+    assert scores("Within 15 minutes [1].")["citation_validity"] is True
+    assert scores("Within 15 minutes.")["citation_validity"] is False  # a model that never cites scores 0
+    assert scores("Within 15 minutes [3].")["citation_validity"] is False  # no passage 3 was shown
+    assert scores("Within 15 minutes [1].")["accuracy"] and not scores("Within 20 minutes [1].")["accuracy"]
+    refused = scores("I couldn't find this in the documents. Closest: 15 minutes", "refusal")
+    assert refused["false_refusal"] and not refused["accuracy"]  # a refusal is never accurate
+    reference_only = {"question": "Who?", "answer": "The secondary on-call is paged next."}
+    assert scores("The secondary on-call is paged next [2].", it=reference_only)["accuracy"]  # token-F1 >= 0.5
+    assert not scores("Nobody [2].", it=reference_only)["accuracy"]
+    unanswerable = {"question": "Wifi password?", "unanswerable": True}
+    assert scores("I couldn't find this in the documents.", "refusal", unanswerable) == {"correct_refusal": True}
+    # The gate reads a distilled pair answered NOT_FOUND, or an item with no reference, as unanswerable.
+    assert gate_item({"question": "Wifi?", "answer": NOT_FOUND})["unanswerable"]
+    assert gate_item({"question": "Wifi?"})["unanswerable"] and "unanswerable" not in gate_item(reference_only)
+    summary = eval_summary([{"scores": scores(a), "produced_by": "model", "latency_ms": 1.0}
+                            for a in ("Within 15 minutes [1].", "Within 15 minutes.")])
+    assert summary["citation_validity"] == 0.5 and summary["accuracy"] == 1.0
+
+
+def test_gate_end_to_end_with_the_tiny_model_refuses_to_decide_on_four_items(settings, kb_store, tiny_model_dir):
     kb, store = kb_store
     folder = make_adapter(tiny_model_dir, settings.adapters_dir / "v0001", seed=1, scale=0.5)
     registry.register(settings, store, version="v0001", path=folder, base_model=str(tiny_model_dir))
     qa = sample_questions()[:3] + unanswerable_questions()[:1]
     decision, reports = run_gate(settings, store, kb, "v0001", qa)
     assert set(reports) == {"base", "candidate"}
-    assert not decision.promote  # random weights can't beat the base by the margin
+    assert not decision.promote and decision.reasons[0].startswith("only 4 held-out items; need 40")
     record = registry.get_adapter(store, "v0001")
     assert record.status == "rejected"
     assert record.metrics["decision"]["promote"] is False and record.metrics["n"] == 4
+    assert record.metrics["decision"]["paired"] == 3 and 0 <= record.metrics["decision"]["p_value"] <= 1
     assert record.metrics["compared"]["base"]["answerable"] == 3
-    for key in ("accuracy", "f1", "rouge_l", "groundedness", "citation_validity", "refusal", "no_runaway"):
-        assert 0.0 <= record.metrics["draft"][key] <= 1.0
-    assert "accuracy" in record.metrics["final"]
+    assert [i["accuracy"] is None for i in record.metrics["items"]] == [False, False, False, True]
+    final, draft = record.metrics["final"], record.metrics["draft"]
+    for key in ("accuracy", "f1", "groundedness", "citation_validity", "false_refusal", "correct_refusal"):
+        assert 0.0 <= final[key] <= 1.0 and 0.0 <= draft[key] <= 1.0
+    assert sum(final[f"produced_by_{p}"] for p in ("model", "quote", "refusal")) == pytest.approx(1.0)
+    assert 0.0 <= draft["no_runaway"] <= 1.0  # the tiny model's generator has a tokenizer to count with
     assert (folder / "gate.png").stat().st_size > 1000
     rows = [json.loads(line) for line in (folder / "eval_v0001.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and all(r["adapter"] in ("v0001", None) for r in rows)
     assert any(r["draft"] for r in rows)  # the model's own draft was scored
+    assert {r["final_by"] for r in rows} <= {"model", "quote", "refusal"}
     assert store.scalar("SELECT COUNT(*) FROM interactions") == 0  # evaluation isn't recorded as usage
 
 

@@ -2,6 +2,10 @@
 
     flywheel cycle [--teacher offline|anthropic] [--max-pairs 64] [--force]
 
+The evaluate step is the gate (training/gate.py) on `gate_questions`: held-out distilled pairs and 👍
+answers (plus any admin QA items passed in); it promotes only a significant gain (`--force` here means
+"train on little new data", never "skip the gate").
+
 The same function runs from the CLI, the Slack `/flywheel retrain` command and the scheduler.
 Never two cycles at once, even across processes (a file lock the OS releases if a process dies);
 every run is a `training_runs` row with its status, stage durations, counts and error; a crash
@@ -68,7 +72,46 @@ def heldout_questions(store: Store, limit: int, seed: int = 0) -> list[dict[str,
     """The fixed held-out distilled pairs (never trained on), a stable sample of at most `limit`."""
     rows = store.query("SELECT id, question, answer FROM qa_pairs WHERE split = 'heldout' ORDER BY id")
     random.Random(seed).shuffle(rows)
-    return [{"id": r["id"], "question": r["question"], "answer": r["answer"]} for r in rows[:limit]]
+    return [{"id": r["id"], "question": r["question"], "answer": r["answer"], "origin": "heldout"}
+            for r in rows[:limit]]
+
+
+def feedback_questions(store: Store, limit: int) -> list[dict[str, Any]]:
+    """Answers users liked (net vote > 0), newest vote first: the question (as condensed for retrieval, so
+    a follow-up stands alone) with the answer they saw as the reference. Refusals are left out: a 👍 on
+    "I couldn't find this" may thank the list of closest passages, not confirm that the docs are silent."""
+    rows = store.query(
+        """SELECT i.id, i.question, i.condensed_question, i.answer, SUM(f.vote) AS net, MAX(f.updated_at) AS voted
+           FROM interactions i JOIN feedback f ON f.interaction_id = i.id
+           WHERE i.grounded = 1 AND COALESCE(i.route, 'question') = 'question'
+             AND COALESCE(i.produced_by, 'model') != 'refusal' AND i.surface != 'eval'
+           GROUP BY i.id HAVING net > 0 ORDER BY voted DESC, i.id LIMIT ?""",
+        (limit,),
+    )
+    return [{"id": f"feedback:{r['id']}", "question": r["condensed_question"] or r["question"], "answer": r["answer"],
+             "origin": "feedback"} for r in rows]
+
+
+def gate_questions(store: Store, limit: int, qa: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """What the gate asks: every item of the admin's QA file(s), then 👍 answers and held-out distilled pairs,
+    up to `limit` of those two together (each gets half; either fills what the other can't). A question
+    already asked (same words, any case) is asked once, the earlier source winning.
+
+    👍 answers join the SFT train file too (training/dataset.py), so on them the gate measures whether the
+    candidate keeps what users liked; the distilled held-out pairs measure generalisation."""
+    admin = [{**item, "origin": item.get("origin", "qa")} for item in qa or []]
+    liked = feedback_questions(store, limit)
+    heldout = heldout_questions(store, limit)
+    take_liked = min(len(liked), max(limit // 2, limit - len(heldout)))
+    chosen = admin + liked[:take_liked] + heldout[: limit - take_liked]
+    seen: set[str] = set()
+    unique = []
+    for item in chosen:
+        key = " ".join(item["question"].casefold().split())
+        if key not in seen:
+            seen.add(key)
+            unique.append(item)
+    return unique
 
 
 TRAINED_UNTIL_KEY = "trained_data_until"  # when the data of the last completed training was gathered
@@ -180,7 +223,7 @@ def _run_locked(settings, store, trigger, teacher_kind, max_pairs, force, max_st
         result.adapter_version = adapter.version
         store.db["training_runs"].update(run_id, {"adapter_version": adapter.version})
 
-        qa = heldout_questions(store, settings.gate_max_items) + list(qa_extra or [])
+        qa = gate_questions(store, settings.gate_max_items, qa_extra)
         if not qa:
             raise RuntimeError("no held-out questions to evaluate on (distill some documents first)")
         gate_settings = settings.model_copy(update={"max_new_tokens": settings.gate_max_new_tokens})
