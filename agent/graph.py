@@ -29,6 +29,7 @@ from agent.retrieval import Hit, Retriever
 from storage.config import Settings
 from storage.db import Store
 from storage.knowledge import KnowledgeBase
+from storage.text import split_sentences
 
 log = logging.getLogger(__name__)
 
@@ -212,13 +213,17 @@ class Agent:
         pieces: list[str] = []
         first_token_ms = None
         adapter = None
-        for piece in self.generator.stream(messages, max_new_tokens=self.settings.max_new_tokens):
+        stream = self.generator.stream(messages, max_new_tokens=self.settings.max_new_tokens)
+        for piece in stream:
             if first_token_ms is None:
                 first_token_ms = round((time.perf_counter() - started) * 1000, 1)
                 # Read while the decode holds the model: a hot swap can't change it under this answer.
                 adapter = getattr(self.generator, "adapter", None)
             pieces.append(piece)
             write({"token": piece})
+            if answer_complete("".join(pieces), self.settings.max_answer_sentences):
+                stream.close()  # frees the model now: the user would wait for text the check drops
+                break
         timings = _timed(state, "generate_ms", started)
         timings["first_token_ms"] = first_token_ms or timings["generate_ms"]
         return {"draft": "".join(pieces).strip(), "prompt": messages, "adapter": adapter, "timings": timings}
@@ -233,7 +238,11 @@ class Agent:
         embed = self.kb.embedder.encode
         refused = NOT_FOUND.lower().rstrip(".") in draft.lower()
         checked = check_draft(draft, state["query"], passages, embed) if not refused else None
-        quote = choose_quote(state["query"], passages, embed)
+        # The quote may come from any retrieved hit, not only the ones that fit the prompt: numbering
+        # continues after the prompt's passages, so the draft's [n] keep their meaning.
+        shown = {p.chunk_id for p in passages}
+        candidates = passages + [Hit(**h) for h in state.get("hits", []) if h["chunk_id"] not in shown]
+        quote = choose_quote(state["query"], candidates, embed)
         needed = self.settings.min_quote_score + (self.settings.refusal_margin if refused else 0.0)
         extra = {"checks": [asdict(c) for c in checked.checks] if checked else [],
                  "quote_score": quote.score if quote else None}
@@ -243,7 +252,7 @@ class Agent:
             answer, cited, produced_by = quote.answer, quote.cited, "quote"
         else:
             return {**self._not_found(state), "check": extra, "timings": _timed(state, "check_ms", started)}
-        citations = [_citation(n, passages[n - 1]) for n in cited]
+        citations = [_citation(n, candidates[n - 1]) for n in cited]
         return {"answer": answer, "produced_by": produced_by, "grounded": True, "citations": citations,
                 "check": extra, "timings": _timed(state, "check_ms", started)}
 
@@ -341,6 +350,19 @@ class Agent:
 
     def forget(self, thread_id: str) -> None:
         self.checkpointer.delete_thread(thread_id)
+
+
+def answer_complete(text: str, max_sentences: int) -> bool:
+    """True once a draft has said enough: `max_sentences` finished sentences, or a finished paragraph
+    followed by a blank line (a small model then starts a new, unasked topic). A colon before the blank
+    line announces a list, so that paragraph isn't finished."""
+    if max_sentences <= 0:
+        return False
+    head, blank, _ = text.partition("\n\n")
+    if blank and re.search(r"[.!?](\s*\[\d+\])*\s*$", head) and len(head) > 20:
+        return True
+    finished = split_sentences(text, lines=True)[:-1]  # the last piece may still be growing
+    return len(finished) >= max_sentences
 
 
 def _citation(n: int, hit: Hit) -> dict[str, Any]:

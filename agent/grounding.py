@@ -44,6 +44,8 @@ STOPWORDS = frozenset(
 )
 _MARKER = re.compile(r"\s*\[(\d{1,2})\]")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+_QUANTITY = re.compile(r"(\d+(?:[.,]\d+)*)\s*(?:-\s*)?([^\W\d_]{2,})")
+_LIST_NUMBER = re.compile(r"^\s*\d{1,2}[.)]\s", re.M)
 # Lines that are navigation, not prose: dot leaders ("Shell Builtins ....... 41"), runs of page numbers
 # ("grep, 12, 45, 78"), or bare headings/labels of a few words.
 _DOT_LEADER = re.compile(r"(?:\.\s*){4,}|(?:…\s*){2,}|\s\d+(?:\s*,\s*\d+){2,}\s*$")
@@ -56,6 +58,8 @@ LEXICAL_WITH_MEANING = 0.5  # ... or this share plus cosine >= SEMANTIC_WITH_WOR
 SEMANTIC_WITH_WORDS = 0.65
 LEXICAL_PARAPHRASE = 0.34  # a close paraphrase (cosine >= SEMANTIC_PARAPHRASE) shares fewer words
 SEMANTIC_PARAPHRASE = 0.8
+MIN_NOVEL_TERMS = 2  # a sentence must add at least this many terms to the question to be judged
+MIN_SUPPORTED_SHARE = 0.5  # of the judged sentences, for the draft to be shown at all
 
 
 def content_tokens(text: str) -> set[str]:
@@ -64,13 +68,44 @@ def content_tokens(text: str) -> set[str]:
 
 
 def sentences(text: str) -> list[str]:
-    """Sentences of an answer or passage: the project's splitter, a line break also ending one."""
-    return split_sentences(text, lines=True)
+    """Sentences of an answer or passage: the project's splitter, a line break also ending one. A table
+    row ("SEV1 | Customer-facing outage. Robots … | Every 30 minutes") stays one unit: its cells only
+    mean something together."""
+    out: list[str] = []
+    for line in text.splitlines():
+        if _is_table_row(line):
+            out.append(line.strip())
+        else:
+            out.extend(split_sentences(line, lines=True))
+    return out
+
+
+def _is_table_row(line: str) -> bool:
+    return line.count(" | ") >= 1 and len(line.split(" | ")) >= 2 and not line.lstrip().startswith(("-", "*"))
 
 
 def numbers(text: str) -> set[str]:
-    """Numbers as written, without thousands separators: '$2,000' -> '2000', '15th' -> '15'."""
+    """Numbers as written, without thousands separators: '$2,000' -> '2000', '15th' -> '15'. List item
+    numbers ("2. Find the release") are structure, not figures, and are left out."""
+    text = _LIST_NUMBER.sub(" ", text)
     return {n.replace(",", "") for n in _NUMBER.findall(text)}
+
+
+def quantities(text: str) -> set[tuple[str, str]]:
+    """(number, stemmed word after it): '15 minutes' -> ('15', 'minut'). A model that writes '1 minute'
+    where the passage says '15 minutes' and has a '1.' list item states a figure the passage lacks."""
+    text = _LIST_NUMBER.sub(" ", text)
+    return {(n.replace(",", ""), next(iter(terms(w)), w.lower())) for n, w in _QUANTITY.findall(text)}
+
+
+def numbers_hold(sentence: str, passage_text: str) -> bool:
+    """Every number of the sentence is in the passage, and a number the sentence pairs with a unit the
+    passage also measures in ("minutes") is paired with that unit in the passage too."""
+    if not numbers(sentence) <= numbers(passage_text):
+        return False
+    pairs = quantities(passage_text)
+    units = {u for _, u in pairs}
+    return all((number, unit) in pairs for number, unit in quantities(sentence) if unit in units)
 
 
 def strip_markers(text: str) -> str:
@@ -81,7 +116,7 @@ def support(sentence: str, passage_text: str, question: str = "") -> float:
     """Lexical support: share of the sentence's novel terms (not in `question`) found in the passage;
     0 when it states a number the passage doesn't have or adds nothing to the question."""
     bare = strip_markers(sentence)
-    if not numbers(bare) <= numbers(passage_text):
+    if not numbers_hold(bare, passage_text):
         return 0.0
     novel = terms(bare) - terms(question)
     if not novel:
@@ -92,7 +127,11 @@ def support(sentence: str, passage_text: str, question: str = "") -> float:
 def is_navigation(line: str) -> bool:
     """Table-of-contents, index and dot-leader lines, and fragments too short to be a statement."""
     words = re.findall(r"\w+", line)
-    if len(words) < 4 or _DOT_LEADER.search(line):
+    if _DOT_LEADER.search(line):
+        return True
+    if _is_table_row(line):  # a row of figures is data, not an index line
+        return False
+    if len(words) < 4:
         return True
     digits = sum(w.isdigit() for w in words)
     return digits / len(words) > 0.5
@@ -162,18 +201,23 @@ def check_draft(draft: str, question: str, passages: Sequence[Passage], embed: E
     asked = terms(question)
     texts = [_passage_text(p) for p in passages]
     kept, cited, checks = [], [], []
+    seen: list[set[str]] = []
     for i, (_, markers, bare) in enumerate(parts):
         novel = terms(bare) - asked
-        if not terms(bare):
+        if not terms(bare) or terms(bare) in seen:  # nothing to check, or a loop repeating a sentence
             checks.append(SentenceCheck(bare, None, 0.0, 0.0, False, "empty"))
             continue
+        seen.append(terms(bare))
         if not novel:
             checks.append(SentenceCheck(bare, None, 0.0, 0.0, False, "echo"))
             continue
-        said = numbers(bare)
+        if len(novel) < MIN_NOVEL_TERMS or len(re.findall(r"\w+", bare)) < 4:
+            # "Yes.", "cache = {}", "For example:": too little to check, and nothing a reader needs alone
+            checks.append(SentenceCheck(bare, None, 0.0, 0.0, False, "short"))
+            continue
         best: tuple[bool, float, int] | None = None
         for j, text in enumerate(texts):
-            if not said <= numbers(text):
+            if not numbers_hold(bare, text):
                 continue
             lexical = len(novel & terms(text)) / len(novel)
             ok = _judge(lexical, float(semantic[i, j]))
@@ -190,10 +234,13 @@ def check_draft(draft: str, question: str, passages: Sequence[Passage], embed: E
             kept.append(_with_markers(bare, [j + 1]))
             if j + 1 not in cited:
                 cited.append(j + 1)
-    judged = [c for c in checks if c.reason != "empty"]
+    judged = [c for c in checks if c.reason not in ("empty", "short")]
     share = sum(c.supported for c in judged) / len(judged) if judged else 0.0
-    return Attribution(answer=" ".join(kept), cited=cited, support=round(share, 3), supported=bool(kept),
-                       checks=checks)
+    # A draft mostly made of unsupported claims isn't trusted even where it happens to match a passage:
+    # its supported sentence is usually an incidental copy, not the answer.
+    trusted = bool(kept) and share >= MIN_SUPPORTED_SHARE
+    return Attribution(answer=" ".join(kept) if trusted else "", cited=cited if trusted else [],
+                       support=round(share, 3), supported=trusted, checks=checks)
 
 
 def attribute_citations(draft: str, passages: Sequence[Passage], question: str = "",
@@ -219,53 +266,67 @@ class Quote:
     lexical: float
 
 
+QUOTE_SEMANTIC_WEIGHT = 0.7  # questions are paraphrased: meaning matters more than shared words
+QUOTE_MAX_CHARS = 400
+
+
 def choose_quote(question: str, passages: Sequence[Passage], embed: Embed | None = None,
-                 max_passages: int = 3, max_sentences: int = 2) -> Quote | None:
-    """The passage sentence that best answers the question (plus the next one when it continues it),
+                 max_passages: int = 5, max_sentences: int = 3) -> Quote | None:
+    """The run of up to `max_sentences` consecutive passage sentences that best answers the question,
     quoted with its citation; None when no real sentence shares anything with the question.
 
-    score = 0.6 · cosine(question, sentence) + 0.4 · share of the question's terms in the sentence or its
-    heading, minus 0.02 per passage rank (a tie goes to the better-ranked passage)."""
+    An answer often sits one sentence after the one that repeats the question's words ("The default is
+    FULL. In WAL mode, NORMAL is enough."), so each sentence is scored with the ones that follow it:
+    score = 0.7 · cosine(question, run or its first sentence) + 0.3 · share of the question's terms in the
+    run or its heading, minus 0.02 per passage rank. Navigation lines never start or join a run."""
     wanted = terms(question)
     if not wanted or not passages:
         return None
-    candidates: list[tuple[int, int, str]] = []  # (passage index, sentence index, text)
-    split = [sentences(p.text) for p in passages[:max_passages]]
-    for pi, parts in enumerate(split):
-        candidates += [(pi, si, s) for si, s in enumerate(parts) if not is_navigation(s)]
-    if not candidates:
+    runs: list[tuple[int, str, str]] = []  # (passage index, first sentence, run)
+    for pi, p in enumerate(passages[:max_passages]):
+        parts = sentences(p.text)
+        header = next((i for i, part in enumerate(parts) if _is_table_row(part)), None)
+        for si, first in enumerate(parts):
+            if is_navigation(first) or si == header:  # column names answer nothing by themselves
+                continue
+            run = [first]
+            for nxt in parts[si + 1 : si + max_sentences]:
+                if is_navigation(nxt) or len(" ".join(run + [nxt])) > QUOTE_MAX_CHARS:
+                    break
+                run.append(nxt)
+            runs.append((pi, first, " ".join(run)))
+    if not runs:
         return None
+    weight = QUOTE_SEMANTIC_WEIGHT if embed is not None else 0.0
     if embed is not None:
-        sims = embed([question] + [c[2] for c in candidates])
-        cosine = sims[1:] @ sims[0]
+        vectors = embed([question] + [r[1] for r in runs] + [r[2] for r in runs])
+        first_cos, run_cos = vectors[1 : len(runs) + 1] @ vectors[0], vectors[len(runs) + 1 :] @ vectors[0]
+        cosine = np.maximum(first_cos, run_cos)
     else:
-        cosine = np.zeros(len(candidates), dtype=np.float32)
+        cosine = np.zeros(len(runs), dtype=np.float32)
     best: tuple[float, int, float, float] | None = None
-    for n, (pi, si, text) in enumerate(candidates):
-        heading = terms(passages[pi].heading or "")
-        lexical = len(wanted & (terms(text) | heading)) / len(wanted)
+    for n, (pi, _, run) in enumerate(runs):
+        lexical = len(wanted & (terms(run) | terms(passages[pi].heading or ""))) / len(wanted)
         if lexical == 0 and cosine[n] < 0.5:
             continue
-        weight = 0.6 if embed is not None else 0.0
         score = weight * float(cosine[n]) + (1 - weight) * lexical - 0.02 * pi
         if best is None or score > best[0]:
             best = (score, n, float(cosine[n]), lexical)
     if best is None:
         return None
     score, n, cos, lexical = best
-    pi, si, _ = candidates[n]
-    chosen = [split[pi][si]]
-    following = split[pi][si + 1 : si + max_sentences]
-    if following and len(chosen[0]) < 160 and not is_navigation(following[0]):
-        chosen += following[:1]
+    pi, first, run = runs[n]
+    if _is_table_row(first):  # rows mean little without the column names
+        header = next((ln.strip() for ln in passages[pi].text.splitlines() if _is_table_row(ln)), "")
+        run = run if not header or run.startswith(header) else f"{header} / {run}"
     # A numbered list splits as "... success. 4." — drop the next item's dangling number.
-    quote = re.sub(r"\s+\d{1,2}[.)]$", "", " ".join(chosen).strip())
+    quote = re.sub(r"\s+\d{1,2}[.)]$", "", run.strip())
     return Quote(f"The documents say: “{quote}” [{pi + 1}]", [pi + 1], round(score, 3), round(cos, 3),
                  round(lexical, 3))
 
 
 def extractive_answer(query: str, passages: Sequence[Passage], min_coverage: float = 0.0,
-                      max_sentences: int = 2, embed: Embed | None = None) -> tuple[str, list[int]] | None:
+                      max_sentences: int = 3, embed: Embed | None = None) -> tuple[str, list[int]] | None:
     """Back-compatible wrapper of `choose_quote`: (answer, cited) when the quote's lexical match holds
     at least `min_coverage` of the question's terms."""
     quote = choose_quote(query, passages, embed, max_sentences=max_sentences)

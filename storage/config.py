@@ -59,11 +59,11 @@ class Settings(BaseSettings):
     )
     min_relevance: float = Field(0.35, description="Below this best dense similarity, the docs don't answer.")
     min_quote_score: float = Field(
-        0.45, description="When no sentence of the model's draft is supported, the best passage sentence is quoted "
-        "if its match with the question (0.6·cosine + 0.4·term share) reaches this; below it the documents don't say."
+        0.5, description="When no sentence of the model's draft is supported, the best passage sentences are quoted "
+        "if their match with the question (0.7·cosine + 0.3·term share) reaches this; below it the documents don't say."
     )
     refusal_margin: float = Field(
-        0.1, description="When the model itself replies that the documents don't say, a quote needs this much more."
+        0.05, description="When the model itself replies that the documents don't say, a quote needs this much more."
     )
 
     # --- generation ---------------------------------------------------------------------------
@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     model: str = Field("", description="HF id or local path for the transformers backend; empty = SmolLM2-135M.")
     adapter: str = Field("", description="Force a LoRA adapter path (normally the promoted one is used).")
     max_new_tokens: int = 200
+    max_answer_sentences: int = Field(
+        4, description="Stop generating after this many finished sentences (0 = only max_new_tokens): the check "
+        "shows what a passage supports, so a rambling tail only costs the user time."
+    )
     temperature: float = 0.0
     threads: int = Field(0, description="torch threads; 0 = all cores.")
     anthropic_model: str = "claude-sonnet-4-6"
@@ -114,6 +118,10 @@ class Settings(BaseSettings):
     promote_margin: float = Field(0.02, description="Smallest accuracy gain (final answers, candidate minus the serving "
                                   "adapter) worth promoting; the gain must also be significant at 95%.")
     guard_tolerance: float = Field(0.02, description="Largest allowed drop of a guard metric (groundedness, citations, refusals).")
+    max_train_pairs: int = Field(
+        200, description="Distilled pairs one cycle trains on (0 = all), spread over documents and sections; "
+        "bounds training time on CPU (about 5 s per pair for 3 epochs on 2 cores)."
+    )
     min_new_pairs: int = Field(8, description="Fewer new training pairs than this and a retrain is skipped.")
     gate_max_items: int = Field(60, description="Held-out distilled pairs and 👍 answers the gate asks each adapter "
                                 "(CPU time); the admin's --qa items come on top.")
@@ -138,7 +146,7 @@ class Settings(BaseSettings):
     heldout_fraction: float = Field(0.2, description="Share of document sections held out of training (by stable hash).")
     max_pairs_per_chunk: int = Field(3, description="Q&A pairs the teacher may write per chunk.")
     distractors: int = Field(2, description="Other retrieved chunks placed next to a pair's own chunk in SFT prompts.")
-    notfound_fraction: float = Field(0.15, description="Share of SFT train examples that teach the not-found reply.")
+    notfound_fraction: float = Field(0.08, description="Share of SFT train examples that teach the not-found reply with off-topic passages (the teacher adds near-topic refusals).")
 
     @classmethod
     def settings_customise_sources(

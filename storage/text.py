@@ -8,7 +8,7 @@ passage's words" means the same thing everywhere:
     split_sentences("See e.g. the runbook. Then page on-call.") -> ["See e.g. the runbook.", "Then page on-call."]
 
 `terms` is bm25s's analyzer: Unicode words of two or more characters (`(?u)\\b\\w\\w+\\b`, so Cyrillic,
-Greek or accented Latin work as well as English), lower-cased, bm25s's English stopwords removed,
+Greek or accented Latin work as well as English), lower-cased, bm25s's English stopwords (NLTK's list) removed,
 stemmed with the Snowball stemmer (PyStemmer). Scripts written without spaces (Chinese, Japanese)
 have no word boundaries for that pattern, so each run of such characters also yields its character
 bigrams ("报销流程" -> "报销", "销流", "流程"), which is what CJK search engines index.
@@ -36,10 +36,11 @@ _BOUNDARY = re.compile(r"(?<=[.!?])([\"'\u201d\u2019)\]]*)\s+(?=[\"'\u201c\u2018
 
 @lru_cache(maxsize=1)
 def stopwords() -> frozenset[str]:
-    """bm25s's English stopword list (the one BM25 indexes with)."""
-    from bm25s.stopwords import STOPWORDS_EN
+    """bm25s's fuller English stopword list (NLTK's, with "what", "how", "between"): question words
+    otherwise count as content and make every question look half-answered."""
+    from bm25s.stopwords import STOPWORDS_EN_PLUS
 
-    return frozenset(STOPWORDS_EN)
+    return frozenset(STOPWORDS_EN_PLUS)
 
 
 @lru_cache(maxsize=1)

@@ -124,3 +124,19 @@ def test_one_analyzer_for_every_language():
     assert split_sentences("Отпуск оформляется заранее. Заявление подаётся за две недели.") == [
         "Отпуск оформляется заранее.", "Заявление подаётся за две недели."]
     assert split_sentences("请提交发票。审批需要三天。") == ["请提交发票。", "审批需要三天。"]
+
+
+def test_a_figure_with_the_wrong_unit_is_not_supported(embed):
+    steps = [P("1. Acknowledge a page within 15 minutes.\n2. Start working on a SEV1 within 5 minutes.")]
+    wrong = check_draft("Acknowledge a page within 1 minute.", "How fast must I acknowledge a page?", steps, embed)
+    right = check_draft("Acknowledge a page within 15 minutes.", "How fast must I acknowledge a page?", steps, embed)
+    assert not wrong.supported and wrong.checks[0].reason == "number"
+    assert right.supported
+
+
+def test_table_rows_are_quoted_whole_with_their_header(embed):
+    table = [P("City | Tier | Hotel cap | Meals\nLondon | 1 | $380 | $120\nLisbon | 2 | $220 | $80",
+               heading="Travel > Per diem")]
+    quote = choose_quote("What is the hotel cap in London?", table, embed)
+    assert quote is not None and "London | 1 | $380 | $120" in quote.answer
+    assert quote.answer.index("Hotel cap") < quote.answer.index("London")

@@ -113,10 +113,13 @@ class _Builder:
 
     def sft_example(self, pair: dict[str, Any], chunk: dict[str, Any]) -> dict[str, Any]:
         passages, n = self.passages_for(pair["question"], chunk)
+        # A teacher's refusal pair (a near-topic question the section doesn't answer) teaches the plain
+        # reply with its own section in view: the hardest case, where the words match but the fact is absent.
+        refusal = pair["answer"].strip() == NOT_FOUND
         return {
             "prompt": build_messages(pair["question"], passages),
-            "completion": [{"role": "assistant", "content": with_marker(pair["answer"], n)}],
-            "id": pair["id"], "source": "distilled",
+            "completion": [{"role": "assistant", "content": NOT_FOUND if refusal else with_marker(pair["answer"], n)}],
+            "id": pair["id"], "source": "refusal" if refusal else "distilled",
         }
 
     def not_found_example(self, pair: dict[str, Any], donor: dict[str, Any]) -> dict[str, Any] | None:
@@ -295,6 +298,28 @@ def _kto_row(row: dict[str, Any], prompt: Messages) -> dict[str, Any] | None:
             "id": row["id"], "source": "draft_up" if label else "draft_down"}
 
 
+def spread(pairs: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
+    """At most `limit` pairs (0 = all), newest first, taken in turn from each document and, within a
+    document, from each section, so a capped cycle still learns from the whole corpus rather than from
+    the first documents in the table. The pairs left out stay stored for a later cycle."""
+    if not limit or len(pairs) <= limit:
+        return pairs
+    by_doc: dict[str, list[dict[str, Any]]] = {}
+    for pair in sorted(pairs, key=lambda p: (p["created_at"], p["id"]), reverse=True):
+        by_doc.setdefault(pair["document_id"] or "", []).append(pair)
+    queues = []
+    for doc_pairs in by_doc.values():
+        by_section: dict[str, list[dict[str, Any]]] = {}
+        for pair in doc_pairs:
+            by_section.setdefault(pair["section"] or "", []).append(pair)
+        sections = list(by_section.values())
+        queues.append([s[i] for i in range(max(map(len, sections))) for s in sections if i < len(s)])
+    chosen: list[dict[str, Any]] = []
+    for i in range(max(map(len, queues))):
+        chosen += [q[i] for q in queues if i < len(q)]
+    return chosen[:limit]
+
+
 def build_datasets(settings: Settings, store: Store, kb: KnowledgeBase, out_dir: Path | None = None,
                    teacher: Teacher | None = None, seed: int = 0) -> DatasetReport:
     """Write the SFT/DPO/KTO files; deterministic for a given database and seed."""
@@ -308,11 +333,11 @@ def build_datasets(settings: Settings, store: Store, kb: KnowledgeBase, out_dir:
     pairs = store.query("SELECT * FROM qa_pairs ORDER BY created_at, id")
     chunks = kb.chunks_by_id(list({p["chunk_id"] for p in pairs if p["chunk_id"]}))
     live = [p for p in pairs if p["chunk_id"] in chunks]  # pairs of replaced document versions drop out
-    for pair in live:
+    train = spread([p for p in live if p["split"] == "train"], settings.max_train_pairs)
+    for pair in [p for p in live if p["split"] == "heldout"] + train:
         target = "sft_heldout.jsonl" if pair["split"] == "heldout" else "sft_train.jsonl"
         rows[target].append(builder.sft_example(pair, chunks[pair["chunk_id"]]))
 
-    train = [p for p in live if p["split"] == "train"]
     wanted = round(settings.notfound_fraction * len(train))
     for pair in builder.rng.sample(train, min(wanted, len(train))):
         donors = [p for p in train if (p["document_id"], p["section"]) != (pair["document_id"], pair["section"])]

@@ -497,7 +497,7 @@ def _gist(step: str) -> str:
 
 def _list_pairs(text: str, heading: str) -> list[tuple[Asked, str, str]]:
     steps = [strip_bullet(ln) for ln in text.splitlines() if _STEP.match(ln)]
-    lines = [strip_bullet(ln) for ln in text.splitlines() if ln.strip()]
+    lines = [line for line in (strip_bullet(ln) for ln in text.splitlines() if ln.strip()) if line.split()]
     orders = [ln for ln in lines if ln.split()[0].lower() in _IMPERATIVES]
     howto = re.match(r"^(how to|\w+ing (?:a|an|the|to|your)\b)|.*\b(procedure|process|steps)$", _topic(heading), re.I)
     if len(steps) < 2 and howto and len(orders) >= 2 and len(orders) >= 0.6 * len(lines):
