@@ -80,7 +80,9 @@ class TransformersGenerator(_JoinMixin):
         self._lock = threading.Lock()
         self._stop_ids = self._eos_ids()
 
-        if settings.adapter:
+        if settings.adapter.lower() == "none":  # the base weights, whatever the registry promotes
+            self.use_adapter(None, None)
+        elif settings.adapter:
             self.use_adapter(settings.adapter, Path(settings.adapter).name)
         else:
             self.refresh_adapter()
@@ -308,8 +310,9 @@ class OpenAIGenerator(_JoinMixin):
         if not settings.openai_base_url:
             raise ValueError("backend 'openai' needs FLYWHEEL_OPENAI_BASE_URL (e.g. http://localhost:8000/v1)")
         self.settings = settings
-        self.adapter: str | None = settings.adapter or None
-        self.name: str = settings.adapter or settings.openai_model
+        lora = "" if settings.adapter.lower() == "none" else settings.adapter  # "none": the served base model
+        self.adapter: str | None = lora or None
+        self.name: str = lora or settings.openai_model
         if not self.name:
             raise ValueError("backend 'openai' needs FLYWHEEL_OPENAI_MODEL (or FLYWHEEL_ADAPTER for a vLLM LoRA)")
         # Local servers (vLLM) ignore the key, but the client insists on one.

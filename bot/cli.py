@@ -496,15 +496,28 @@ def demo(
     """Ingest the bundled sample handbook and answer sample questions with citations."""
     from storage.samples import sample_handbook, sample_questions
 
+    from agent.evaluate import is_accurate, is_refused
+    from storage.samples import unanswerable_questions
+
     agent = _agent()
     console.rule("Ingesting the sample handbook")
     report = agent.kb.ingest([sample_handbook()])
     _print_ingest_report(report)
-    for item in sample_questions()[:questions] + [{"question": "What is the office wifi password?"}]:
+    answerable, unanswerable = sample_questions()[:questions], unanswerable_questions()[-1:]
+    right = refused = 0
+    for item in answerable + unanswerable:
         console.rule(escape(item["question"]))
-        result = agent.answer(item["question"], on_token=lambda t: None)
+        result = agent.answer(item["question"], on_token=lambda t: None, record=False)
         _print_answer(result)
-    console.print("\nTry: [bold]flywheel ask \"…\"[/], [bold]flywheel chat[/], [bold]flywheel status[/]")
+        turn = {"produced_by": result.produced_by, "grounded": result.grounded}
+        if item.get("unanswerable"):
+            refused += is_refused(turn)
+        else:
+            right += is_accurate(result.answer, item, is_refused(turn))
+    # Scored as `flywheel eval` scores (every key string present; refusals never count as right).
+    console.print(f"\n[bold]{right}/{len(answerable)}[/] sample questions answered right (key facts present), "
+                  f"[bold]{refused}/{len(unanswerable)}[/] unanswerable ones refused.")
+    console.print("Try: [bold]flywheel ask \"…\"[/], [bold]flywheel chat[/], [bold]flywheel status[/]")
 
 
 # --- the flywheel -------------------------------------------------------------------------------

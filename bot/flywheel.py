@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from training.cycle import heldout_questions, run_cycle
+from training.cycle import gate_questions, run_cycle
 
 if TYPE_CHECKING:
     from bot.app import FlywheelBot
@@ -70,22 +70,24 @@ def evaluate_serving(bot: FlywheelBot) -> str:
     from training.gate import evaluate_adapter, make_generator
     from training.registry import current
 
-    qa = heldout_questions(bot.store, bot.settings.gate_max_items)
+    qa = gate_questions(bot.store, bot.settings.gate_max_items)
     if not qa:
         return "There are no held-out questions yet: run `retrain` (or `flywheel distill`) first."
     serving = current(bot.store)
     settings = bot.settings.model_copy(update={"max_new_tokens": bot.settings.gate_max_new_tokens})
     report = evaluate_adapter(settings, bot.store, bot.agent.kb, serving.version if serving else None, qa,
                               generator=make_generator(settings))
-    draft = report["draft"]
+    final = report["final"]  # what users see, as the gate judges it
     judged = ""
     if "judge_relevance" in report:  # with an Anthropic key, Claude's 1–5 scores
         judged = (f" Claude judge (1–5): relevance {report['judge_relevance']:.1f}, groundedness "
                   f"{report['judge_groundedness']:.1f}, coherence {report['judge_coherence']:.1f}, similarity "
                   f"{report['judge_similarity']:.1f} (${report['judge_usage']['cost_usd']:.3f}).")
-    return (f"*Evaluation of {report['label']}* on {report['n']} held-out questions: "
-            f"accuracy {draft['accuracy']:.0%}, F1 {draft['f1']:.2f}, ROUGE-L {draft['rouge_l']:.2f}, "
-            f"groundedness {draft['groundedness']:.2f}, valid citations {draft['citation_validity']:.0%} "
+    return (f"*Evaluation of {report['label']}* on {report['n']} questions: "
+            f"accuracy {final.get('accuracy', 0.0):.0%}, F1 {final.get('f1', 0.0):.2f}, "
+            f"groundedness {final.get('groundedness', 0.0):.2f}, "
+            f"false refusals {final.get('false_refusal', 0.0):.0%}, correct refusals {final.get('correct_refusal', 0.0):.0%}, "
+            f"written by the model {final.get('produced_by_model', 0.0):.0%} "
             f"({report['seconds']:.0f} s)." + judged)
 
 

@@ -69,7 +69,8 @@ class Settings(BaseSettings):
     # --- generation ---------------------------------------------------------------------------
     backend: Literal["transformers", "anthropic", "openai"] = "transformers"
     model: str = Field("", description="HF id or local path for the transformers backend; empty = SmolLM2-135M.")
-    adapter: str = Field("", description="Force a LoRA adapter path (normally the promoted one is used).")
+    adapter: str = Field("", description="Force a LoRA adapter path, or \"none\" for the base weights "
+                         "(normally the promoted one is used).")
     max_new_tokens: int = 200
     max_answer_sentences: int = Field(
         4, description="Stop generating after this many finished sentences (0 = only max_new_tokens): the check "
@@ -119,8 +120,8 @@ class Settings(BaseSettings):
                                   "adapter) worth promoting; the gain must also be significant at 95%.")
     guard_tolerance: float = Field(0.02, description="Largest allowed drop of a guard metric (groundedness, citations, refusals).")
     max_train_pairs: int = Field(
-        200, description="Distilled pairs one cycle trains on (0 = all), spread over documents and sections; "
-        "bounds training time on CPU (about 5 s per pair for 3 epochs on 2 cores)."
+        120, description="Distilled pairs one cycle trains on (0 = all), spread over documents and sections; "
+        "bounds training time on CPU (3 epochs of 120 pairs: about 100 steps)."
     )
     min_new_pairs: int = Field(8, description="Fewer new training pairs than this and a retrain is skipped.")
     gate_max_items: int = Field(60, description="Held-out distilled pairs and 👍 answers the gate asks each adapter "

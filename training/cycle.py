@@ -168,7 +168,7 @@ def _run_locked(settings, store, trigger, teacher_kind, max_pairs, force, max_st
     from training.distill import distill
     from training.gate import run_gate
     from training.teachers import load_teacher
-    from training.train import train_adapter
+    from training.train import preference_stages, train_adapter
 
     stale = _close_stale_runs(store)
     run_id = new_id()
@@ -216,10 +216,10 @@ def _run_locked(settings, store, trigger, teacher_kind, max_pairs, force, max_st
         adapter = timed("train", lambda: train_adapter(settings, store, data.out_dir, run_id=run_id,
                                                        max_steps=max_steps, actor=trigger,
                                                        on_event=_train_progress(say)))
-        if data.files.get("dpo.jsonl", 0) >= settings.min_dpo_pairs:
-            adapter = timed("train_dpo", lambda: train_adapter(
-                settings, store, data.out_dir, run_id=f"{run_id}-dpo", method="dpo", max_steps=max_steps,
-                init_adapter=adapter.path, actor=trigger))
+        for method in preference_stages(settings, data.out_dir):  # DPO, then KTO, when there is enough data
+            adapter = timed(f"train_{method}", lambda m=method, a=adapter: train_adapter(
+                settings, store, data.out_dir, run_id=f"{run_id}-{m}", method=m, max_steps=max_steps,
+                init_adapter=a.path, actor=trigger))
         result.adapter_version = adapter.version
         store.db["training_runs"].update(run_id, {"adapter_version": adapter.version})
 
