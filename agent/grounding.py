@@ -266,6 +266,9 @@ class Quote:
     lexical: float
 
 
+# How a question asks is not what it asks about: "how long", "how much" or "get" are never in the answer
+# sentence ("… for 30 minutes"), so they are left out of the quote's term share.
+_SCAFFOLDING = re.compile(r"\bhow (?:much|many|long|often|soon|far|big|fast|large)\b|\b(?:get|gets|got)\b", re.I)
 QUOTE_SEMANTIC_WEIGHT = 0.7  # questions are paraphrased: meaning matters more than shared words
 QUOTE_MAX_CHARS = 400
 
@@ -279,7 +282,7 @@ def choose_quote(question: str, passages: Sequence[Passage], embed: Embed | None
     FULL. In WAL mode, NORMAL is enough."), so each sentence is scored with the ones that follow it:
     score = 0.7 · cosine(question, run or its first sentence) + 0.3 · share of the question's terms in the
     run or its heading, minus 0.02 per passage rank. Navigation lines never start or join a run."""
-    wanted = terms(question)
+    wanted = terms(_SCAFFOLDING.sub(" ", question)) or terms(question)
     if not wanted or not passages:
         return None
     runs: list[tuple[int, str, str]] = []  # (passage index, first sentence, run)
