@@ -20,7 +20,6 @@ Used only when there are enough pairs (settings.min_dpo_pairs): a few dozen nois
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,15 +27,12 @@ from typing import Any
 from training.sft import (
     RunConfig,
     common_args,
-    emit,
-    finish,
-    last_checkpoint,
+    continue_or_new_adapter,
     load_base,
     load_jsonl,
     load_tokenizer,
-    lora_config,
     make_callback,
-    set_threads,
+    run_preference,
 )
 
 
@@ -56,13 +52,7 @@ def build_trainer(cfg: RunConfig) -> tuple[Any, Any, dict[str, Any]]:
         loss_weights=[1.0, cfg.sft_weight],
         include_num_input_tokens_seen="non_padding",
     )
-    peft_config = None
-    if cfg.init_adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, cfg.init_adapter, is_trainable=True)
-    else:
-        peft_config = lora_config(cfg, model)
+    model, peft_config = continue_or_new_adapter(cfg, model)
     callback = make_callback(Path(cfg.output_dir))
     trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=train, processing_class=tokenizer,
                          peft_config=peft_config, callbacks=[callback])
@@ -71,19 +61,7 @@ def build_trainer(cfg: RunConfig) -> tuple[Any, Any, dict[str, Any]]:
 
 
 def run(cfg: RunConfig) -> dict[str, Any]:
-    from storage.hub import quiet_libraries
-
-    quiet_libraries()
-    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-    threads = set_threads(cfg.threads)
-    trainer, callback, info = build_trainer(cfg)
-    resume = last_checkpoint(cfg)
-    emit("config", threads=threads, resume_from=resume, **info)
-    trainer.train(resume_from_checkpoint=resume)
-    summary = finish(cfg, trainer, callback, info, resume)
-    # The frozen reference copy is saved as a second adapter; serving only needs the trained one.
-    shutil.rmtree(Path(cfg.output_dir) / "ref", ignore_errors=True)
-    return summary
+    return run_preference(cfg, build_trainer)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -416,6 +416,33 @@ def finish(cfg: RunConfig, trainer: Any, callback: Any, info: dict[str, Any], re
     return summary
 
 
+def continue_or_new_adapter(cfg: RunConfig, model: Any) -> tuple[Any, Any]:
+    """(model, peft_config) for a preference stage: continue `cfg.init_adapter` (the SFT stage's adapter,
+    trainable) when given, else a fresh LoRA config for the trainer to apply."""
+    if cfg.init_adapter:
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(model, cfg.init_adapter, is_trainable=True), None
+    return model, lora_config(cfg, model)
+
+
+def run_preference(cfg: RunConfig, build: Any) -> dict[str, Any]:
+    """The DPO/KTO recipes' run: build the trainer, train (resuming), save, and drop the frozen reference
+    copy trl saves as a second adapter (serving only needs the trained one)."""
+    from storage.hub import quiet_libraries
+
+    quiet_libraries()
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    threads = set_threads(cfg.threads)
+    trainer, callback, info = build(cfg)
+    resume = last_checkpoint(cfg)
+    emit("config", threads=threads, resume_from=resume, **info)
+    trainer.train(resume_from_checkpoint=resume)
+    summary = finish(cfg, trainer, callback, info, resume)
+    shutil.rmtree(Path(cfg.output_dir) / "ref", ignore_errors=True)
+    return summary
+
+
 def run(cfg: RunConfig) -> dict[str, Any]:
     """Train (resuming from the last checkpoint if one exists) and save. Returns the summary."""
     from storage.hub import quiet_libraries
