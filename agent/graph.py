@@ -242,11 +242,12 @@ class Agent:
         # continues after the prompt's passages, so the draft's [n] keep their meaning.
         shown = {p.chunk_id for p in passages}
         candidates = passages + [Hit(**h) for h in state.get("hits", []) if h["chunk_id"] not in shown]
-        quote = choose_quote(state["query"], candidates, embed)
+        kept = checked is not None and checked.supported
+        quote = None if kept else choose_quote(state["query"], candidates, embed)  # only when it may be shown
         needed = self.settings.min_quote_score + (self.settings.refusal_margin if refused else 0.0)
         extra = {"checks": [asdict(c) for c in checked.checks] if checked else [],
                  "quote_score": quote.score if quote else None}
-        if checked is not None and checked.supported:
+        if kept:
             answer, cited, produced_by = checked.answer, checked.cited, "model"
         elif quote is not None and quote.score >= needed:
             answer, cited, produced_by = quote.answer, quote.cited, "quote"
