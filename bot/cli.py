@@ -108,8 +108,9 @@ def sources() -> None:
     table = Table("document", "kind", "pages", "chunks", "status", "ingested")
     for doc in KnowledgeBase(_settings()).documents():
         status = doc["status"] if not doc["error"] else f"{doc['status']}: {doc['error']}"
-        table.add_row(doc["name"], doc["kind"] or "", str(doc["pages"] or ""), str(doc["chunks"]), status,
-                      (doc["ingested_at"] or "")[:19])
+        # escape(): file names like "Budget [draft].md" are not Rich markup
+        table.add_row(escape(doc["name"]), doc["kind"] or "", str(doc["pages"] or ""), str(doc["chunks"]),
+                      escape(status), (doc["ingested_at"] or "")[:19])
     console.print(table)
 
 
@@ -188,7 +189,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print one JSON 
         return
     table = Table(show_header=False)
     for key, value in info.items():
-        table.add_row(key, json.dumps(value, default=str) if isinstance(value, (dict, list)) else str(value))
+        table.add_row(key, escape(json.dumps(value, default=str) if isinstance(value, (dict, list)) else str(value)))
     console.print(table)
 
 
@@ -199,9 +200,9 @@ def show_config() -> None:
 
     table = Table("setting", "value")
     for key, value in _settings().masked().items():
-        table.add_row(key, str(value))
+        table.add_row(key, escape(str(value)))
     console.print(table)
-    console.print(f"[dim]config file: {config_file_path() or 'none'} · environment: FLYWHEEL_<SETTING>[/]")
+    console.print(f"[dim]config file: {escape(str(config_file_path() or 'none'))} · environment: FLYWHEEL_<SETTING>[/]")
 
 
 # --- Slack --------------------------------------------------------------------------------------
@@ -328,7 +329,7 @@ def train(
     except TrainingError as exc:
         err.print(f"[red]Training failed:[/] {escape(str(exc))}")
         raise typer.Exit(1) from None
-    console.print(f"{record.version} registered as candidate at {record.path} (final loss {record.final_loss})")
+    console.print(f"{record.version} registered as candidate at {escape(str(record.path))} (final loss {record.final_loss})")
 
 
 @app.command()

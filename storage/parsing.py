@@ -259,14 +259,25 @@ def _parse_html(path: Path, text: str) -> ParsedDocument:
     root = soup.body or soup
     container = _main_container(root)
     walker = _HtmlWalker()
-    walker.walk(container)
-    walker.flush()
-    blocks = walker.builder.blocks
+    warnings: list[str] = []
+    try:
+        walker.walk(container)
+        walker.flush()
+        blocks = walker.builder.blocks
+    except RecursionError:
+        # Generated pages can nest thousands of wrappers; their structure is lost, their text is not:
+        # one paragraph per line of visible text, and the file is reported, not failed.
+        flat = _Builder()
+        for line in container.get_text("\n").splitlines():
+            if line.strip():
+                flat.add(_collapse(line))
+        blocks = flat.blocks
+        warnings.append("HTML nested too deeply to follow its structure; indexed as plain text")
     if not title:
         title = next((b.text for b in blocks if b.kind == "heading"), None)
     # A page banner repeating the title before any heading would only make a tiny, useless chunk.
     blocks = [b for b in blocks if b.heading_path or b.kind == "heading" or b.text != title]
-    return ParsedDocument(path, "html", blocks, title=title or None)
+    return ParsedDocument(path, "html", blocks, title=title or None, warnings=warnings)
 
 
 def _main_container(root):

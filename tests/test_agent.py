@@ -96,7 +96,8 @@ def test_cli_ask_json_contract(agent, settings, monkeypatch):
         result = runner.invoke(app, ["ask", sample_questions()[1]["question"], "--json"])
         assert result.exit_code == 0, result.output
         data = json.loads(result.stdout)
-        assert set(data) >= {"answer", "citations", "grounded", "timings_ms", "model", "adapter"}
+        assert set(data) >= {"answer", "produced_by", "citations", "grounded", "timings_ms", "model", "adapter"}
+        assert data["produced_by"] in ("model", "quote", "refusal")
         for citation in data["citations"]:
             assert set(citation) >= {"source", "page", "heading", "chunk_id", "score"}
         status = runner.invoke(app, ["status", "--json"])
@@ -139,3 +140,24 @@ def test_eval_writes_results_and_scores(agent, tmp_path):
         assert all({"source", "page", "score"} <= set(r) for r in row["retrieved"])
     retrieval = run_eval(agent, HERE / "questions.jsonl", retrieval_only=True, progress=False)
     assert retrieval["hit@5"] >= 0.9 and "accuracy" not in retrieval
+
+
+def test_cli_prints_bracketed_names_and_paths_as_they_are(tmp_path, monkeypatch):
+    """Rich reads "[draft]" as markup; file names and paths must print exactly (shared/cases/brackets-in-filenames)."""
+    from bot.cli import app
+    from storage.config import get_settings
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "Budget [draft].md").write_text("# Budget\n\nThe travel budget is 12000 euros.\n")
+    monkeypatch.setenv("FLYWHEEL_HOME", str(tmp_path / "[team] home"))
+    get_settings.cache_clear()
+    try:
+        runner = CliRunner()
+        assert runner.invoke(app, ["ingest", str(docs)]).exit_code == 0
+        sources = runner.invoke(app, ["sources"], env={"COLUMNS": "200"})
+        assert "Budget [draft].md" in sources.output, sources.output
+        config = runner.invoke(app, ["config"], env={"COLUMNS": "300"})
+        assert "[team] home" in config.output, config.output
+    finally:
+        get_settings.cache_clear()
