@@ -55,16 +55,35 @@ def parse_file(path: Path, max_bytes: int) -> ParsedDocument:
     return doc
 
 
+_BOMS = ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-be"),
+         (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"))
+
+
 def _decode_text(data: bytes) -> str:
-    """UTF-8 (with or without BOM), else Latin-1 if it reads like text; binary data is refused."""
+    """Text in any common encoding: a BOM names it (UTF-8/16/32, as Windows tools write), else UTF-8,
+    else charset-normalizer's best guess among legacy code pages; binary data is refused."""
+    for bom, encoding in _BOMS:
+        if data.startswith(bom):
+            try:
+                return data[len(bom):].decode(encoding.replace("-sig", ""))
+            except UnicodeDecodeError as exc:
+                raise ParseError(f"not valid {encoding} text: {exc.reason}") from None
     if b"\x00" in data[:65536]:
         raise ParseError("binary file, not text")
     try:
-        return data.decode("utf-8-sig")
+        return data.decode("utf-8")
     except UnicodeDecodeError:
         pass
-    text = data.decode("latin-1")
-    # Latin-1 decodes any byte; real legacy text has almost no C0 control characters.
+    from charset_normalizer import from_bytes
+
+    matches = list(from_bytes(data[:1_000_000]))
+    best = min(matches, key=lambda m: m.chaos) if matches else None
+    # On a short text several code pages read equally well; the Western one is the likeliest guess.
+    western = [m for m in matches if m.encoding in ("cp1252", "latin_1", "iso8859_15")]
+    if best is not None and western and min(m.chaos for m in western) <= best.chaos + 0.05:
+        best = min(western, key=lambda m: m.chaos)
+    text = data.decode(best.encoding, errors="replace") if best is not None else data.decode("latin-1")
+    # Any byte decodes in some code page; real legacy text has almost no C0 control characters.
     controls = sum(1 for ch in text[:65536] if ord(ch) < 32 and ch not in "\t\n\r\f")
     if controls > 0.01 * min(len(text), 65536):
         raise ParseError("binary file, not text")

@@ -370,3 +370,16 @@ def test_html_nested_deeper_than_python_recursion_is_indexed_as_text_with_a_warn
     kb = KnowledgeBase(Settings(home=tmp_path / "home"))
     report = kb.ingest([nested.parent])
     assert not report.failed and kb.stats()["documents"] == 2
+
+
+@pytest.mark.parametrize("encoding,bom", [("utf-16-le", b"\xff\xfe"), ("utf-16-be", b"\xfe\xff"),
+                                          ("utf-32-le", b"\xff\xfe\x00\x00"), ("utf-8", b"\xef\xbb\xbf"),
+                                          ("utf-8", b""), ("cp1252", b"")])
+def test_text_in_any_common_encoding_reads_the_same(tmp_path, encoding, bom):
+    """Windows tools write UTF-16 with a BOM and CRLF (shared/cases/utf16-text); old files use code pages."""
+    text = "# Backups\r\n\r\nNightly backups run at 02:30 UTC and are kept for 14 days – café rules.\r\n"
+    path = tmp_path / "runbook.md"
+    path.write_bytes(bom + text.encode(encoding))
+    doc = parse_file(path, max_bytes=1_000_000)
+    body = " ".join(b.text for b in doc.blocks)
+    assert "kept for 14 days – café rules." in body and "\x00" not in body
