@@ -32,7 +32,7 @@ from training.sft import (
     load_jsonl,
     load_tokenizer,
     make_callback,
-    run_preference,
+    run_recipe,
 )
 
 
@@ -76,7 +76,7 @@ def build_trainer(cfg: RunConfig) -> tuple[Any, Any, dict[str, Any]]:
 
 
 def run(cfg: RunConfig) -> dict[str, Any]:
-    return run_preference(cfg, build_trainer)
+    return run_recipe(cfg, build_trainer)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -426,9 +426,10 @@ def continue_or_new_adapter(cfg: RunConfig, model: Any) -> tuple[Any, Any]:
     return model, lora_config(cfg, model)
 
 
-def run_preference(cfg: RunConfig, build: Any) -> dict[str, Any]:
-    """The DPO/KTO recipes' run: build the trainer, train (resuming), save, and drop the frozen reference
-    copy trl saves as a second adapter (serving only needs the trained one)."""
+def run_recipe(cfg: RunConfig, build: Any) -> dict[str, Any]:
+    """Every recipe's run (SFT, DPO, KTO): build its trainer, train (resuming from the last checkpoint if
+    one exists), score the held-out split when the trainer has one, save, and drop the frozen reference
+    copy trl's preference trainers save as a second adapter (serving only needs the trained one)."""
     from storage.hub import quiet_libraries
 
     quiet_libraries()
@@ -438,6 +439,8 @@ def run_preference(cfg: RunConfig, build: Any) -> dict[str, Any]:
     resume = last_checkpoint(cfg)
     emit("config", threads=threads, resume_from=resume, **info)
     trainer.train(resume_from_checkpoint=resume)
+    if trainer.eval_dataset is not None and callback.last_eval_step != trainer.state.global_step:
+        trainer.evaluate()  # the final adapter's held-out loss (the last periodic one may be steps behind)
     summary = finish(cfg, trainer, callback, info, resume)
     shutil.rmtree(Path(cfg.output_dir) / "ref", ignore_errors=True)
     return summary
@@ -445,18 +448,7 @@ def run_preference(cfg: RunConfig, build: Any) -> dict[str, Any]:
 
 def run(cfg: RunConfig) -> dict[str, Any]:
     """Train (resuming from the last checkpoint if one exists) and save. Returns the summary."""
-    from storage.hub import quiet_libraries
-
-    quiet_libraries()
-    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-    threads = set_threads(cfg.threads)
-    trainer, callback, info = build_trainer(cfg)
-    resume = last_checkpoint(cfg)
-    emit("config", threads=threads, resume_from=resume, **info)
-    trainer.train(resume_from_checkpoint=resume)
-    if trainer.eval_dataset is not None and callback.last_eval_step != trainer.state.global_step:
-        trainer.evaluate()  # the final adapter's held-out loss (the last periodic one may be steps behind)
-    return finish(cfg, trainer, callback, info, resume)
+    return run_recipe(cfg, build_trainer)
 
 
 def main(argv: list[str] | None = None) -> int:
