@@ -36,6 +36,7 @@ from typing import Any
 from rich.table import Table
 
 from agent.metrics import (
+    CITATION_RE,
     contains_all,
     groundedness,
     hit_at_k,
@@ -65,7 +66,6 @@ def load_qa(path: Path | list[Path], limit: int = 0) -> list[dict[str, Any]]:
 
 
 F1_CORRECT = 0.5  # token-F1 against the reference at which an item without must_include counts as accurate
-_MARKERS = re.compile(r"\[\s*(\d+(?:\s*[,\-\u2013]\s*\d+)*)\s*\]")
 
 
 def is_refused(result: dict[str, Any]) -> bool:
@@ -87,7 +87,7 @@ def is_accurate(answer: str, item: dict[str, Any], refused: bool) -> bool:
 def citation_markers(text: str) -> list[int]:
     """Every passage number cited: [1], [2, 3], [1-3] (ranges expanded), in order."""
     numbers: list[int] = []
-    for group in _MARKERS.findall(text):
+    for group in CITATION_RE.findall(text):
         for part in re.split(r"\s*,\s*", group):
             bounds = [int(x) for x in re.split(r"\s*[\-\u2013]\s*", part) if x]
             numbers += list(range(bounds[0], bounds[-1] + 1)) if len(bounds) == 2 else bounds

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any, TypedDict
 
 from agent.grounding import check_draft, choose_quote
-from agent.prompts import CONDENSE_PROMPT, NOT_FOUND, build_messages, passage_label
+from agent.prompts import CONDENSE_PROMPT, NOT_FOUND, build_messages, passage_label, says_not_found
 from agent.retrieval import Hit, Retriever
 from storage.config import Settings
 from storage.db import Store
@@ -236,7 +236,7 @@ class Agent:
         passages = [Hit(**h) for h in state["context"]]
         draft = state["draft"]
         embed = self.kb.embedder.encode
-        refused = NOT_FOUND.lower().rstrip(".") in draft.lower()
+        refused = says_not_found(draft)
         checked = check_draft(draft, state["query"], passages, embed) if not refused else None
         # The quote may come from any retrieved hit, not only the ones that fit the prompt: numbering
         # continues after the prompt's passages, so the draft's [n] keep their meaning.

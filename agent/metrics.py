@@ -45,7 +45,7 @@ _EXTRA_PUNCT = "\u2018\u2019\u201c\u201d\u2013\u2014\u2026\u00b7\u2022"
 _PUNCT_TABLE = str.maketrans({ch: " " for ch in string.punctuation + _EXTRA_PUNCT})
 
 # Citation markers the bot emits: "[1]", "[2, 3]", "[1][4]", "[1-3]".
-_CITATION_RE = re.compile(r"\[\s*\d+(?:\s*[,\-\u2013]\s*\d+)*\s*\]")
+CITATION_RE = re.compile(r"\[\s*(\d+(?:\s*[,\-\u2013]\s*\d+)*)\s*\]")
 
 # Small English stopword list: enough to stop "the", "is", "of" from making any sentence
 # look supported. Deliberately short; domain words (e.g. "deploy", "page") must count.
@@ -181,7 +181,7 @@ _SENTENCE_END_RE = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[A-Z0-9\"'(\[*\-\u2022]
 
 def strip_citations(text: str) -> str:
     """Remove citation markers like "[1]" or "[2, 3]" (they are not claims)."""
-    return re.sub(r"[ \t]+([.,;:!?])", r"\1", _CITATION_RE.sub("", text))
+    return re.sub(r"[ \t]+([.,;:!?])", r"\1", CITATION_RE.sub("", text))
 
 
 def split_sentences(text: str) -> list[str]:

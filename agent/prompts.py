@@ -11,6 +11,11 @@ from typing import Protocol
 
 NOT_FOUND = "I couldn't find this in the documents."
 
+
+def says_not_found(text: str) -> bool:
+    """The text is (or contains) the not-found reply: a model's refusal, a teacher's refusal pair."""
+    return NOT_FOUND.lower().rstrip(".") in text.lower()
+
 SYSTEM_PROMPT = (
     "You are Flywheel, the team's assistant. Answer the question using only the numbered context "
     "passages. Be brief and specific, and cite the passages you used like [1]. If the passages do not "

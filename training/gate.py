@@ -50,7 +50,7 @@ import numpy as np
 
 from agent.evaluate import citation_markers, score_item
 from agent.evaluate import summarize as summarize_rows
-from agent.prompts import NOT_FOUND
+from agent.prompts import says_not_found
 from storage.config import Settings
 from storage.db import Store
 from training.judge import CRITERIA as JUDGE_CRITERIA
@@ -98,17 +98,13 @@ def qa_hash(qa: list[dict[str, Any]]) -> str:
     return hashlib.sha1(json.dumps(qa, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:12]
 
 
-def is_refusal(text: str) -> bool:
-    return NOT_FOUND.lower().rstrip(".") in text.lower()
-
-
 def gate_item(item: dict[str, Any]) -> dict[str, Any]:
     """The item as scored: one whose reference is the refusal (distill's near-topic NOT_FOUND pairs) or
     that has no reference at all can only be judged as a question the documents don't answer, so it is
     marked `unanswerable` for agent/evaluate.py."""
     if item.get("unanswerable") or item.get("must_include"):
         return item
-    if not item.get("answer") or is_refusal(item["answer"]):
+    if not item.get("answer") or says_not_found(item["answer"]):
         return {**item, "unanswerable": True}
     return item
 
@@ -117,7 +113,7 @@ def draft_result(answer: Any) -> dict[str, Any]:
     """The model's draft as if it had been shown, for score_item: refused when the model never ran or
     wrote the not-found reply; its citations are the passages its own valid [n] markers point at."""
     draft, passages = answer.draft, answer.passages
-    refused = not draft or is_refusal(draft)
+    refused = not draft or says_not_found(draft)
     cited = dict.fromkeys(n for n in citation_markers(draft) if 1 <= n <= len(passages))
     return {"answer": draft, "produced_by": "refusal" if refused else "model", "grounded": not refused,
             "citations": [{"n": n, "text": passages[n - 1].get("text", "")} for n in cited],
