@@ -19,7 +19,8 @@ PDF_SUFFIXES = frozenset({".pdf"})
 MARKDOWN_SUFFIXES = frozenset({".md", ".markdown"})
 HTML_SUFFIXES = frozenset({".html", ".htm"})
 TEXT_SUFFIXES = frozenset({".txt", ".text", ".rst", ".log"})
-SUPPORTED_SUFFIXES = PDF_SUFFIXES | MARKDOWN_SUFFIXES | HTML_SUFFIXES | TEXT_SUFFIXES
+OFFICE_SUFFIXES = frozenset({".docx", ".pptx", ".xlsx", ".xlsm", ".csv", ".tsv"})  # storage/office.py
+SUPPORTED_SUFFIXES = PDF_SUFFIXES | MARKDOWN_SUFFIXES | HTML_SUFFIXES | TEXT_SUFFIXES | OFFICE_SUFFIXES
 
 _MB = 1024 * 1024
 
@@ -43,6 +44,10 @@ def parse_file(path: Path, max_bytes: int) -> ParsedDocument:
         from storage.pdf import parse_pdf  # imported here: pdf.py builds on this module's _Builder
 
         return parse_pdf(path, data)
+    if suffix in OFFICE_SUFFIXES:
+        from storage.office import parse_office  # imported here: office.py builds on _Builder too
+
+        return parse_office(path, data)
     text = _decode_text(data)
     if suffix in MARKDOWN_SUFFIXES:
         doc = _parse_markdown(path, text)
