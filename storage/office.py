@@ -52,13 +52,15 @@ def parse_office(path: Path, data: bytes) -> ParsedDocument:
         doc = parse.get(suffix, _parse_xlsx)(path, data)
     except ParseError:
         raise
-    except (zipfile.BadZipFile, EOFError) as exc:
-        raise ParseError(f"not a valid {what}: damaged or truncated file ({exc})") from exc
+    except (zipfile.BadZipFile, EOFError) as exc:  # Office files are zip archives; a cut one has no directory
+        raise ParseError(f"not a valid {what}: damaged or truncated file") from exc
     except Exception as exc:  # the libraries raise KeyError, ValueError, lxml errors... on broken parts
         name = type(exc).__name__
         if name == "PackageNotFoundError":  # python-docx/pptx: not a zip package at all
             raise ParseError(f"not a valid {what}: damaged or truncated file") from exc
-        raise ParseError(f"not a valid {what}: {name}: {exc}") from exc
+        # "file '<_io.BytesIO object at 0x7f..>' is not a Word file, content type is ...": drop the object
+        reason = re.sub(r" ?'<_io\.BytesIO object at 0x[0-9a-f]+>'", "", str(exc))
+        raise ParseError(f"not a valid {what}: {name}: {reason}") from exc
     if not any(b.kind != "heading" for b in doc.blocks):
         raise ParseError("no text found in file")
     return doc
