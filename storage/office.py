@@ -47,9 +47,10 @@ def parse_office(path: Path, data: bytes) -> ParsedDocument:
     if suffix not in (".csv", ".tsv") and data.startswith(_OLE_MAGIC):
         # Office wraps password-protected files in an OLE container; old binary formats are OLE too.
         raise ParseError(f"password-protected or old binary-format {what} (save it unprotected as {suffix})")
-    parse = {".docx": _parse_docx, ".pptx": _parse_pptx, ".csv": _parse_delimited, ".tsv": _parse_delimited}
+    parse = {".docx": _parse_docx, ".pptx": _parse_pptx, ".xlsx": _parse_xlsx, ".xlsm": _parse_xlsx,
+             ".csv": _parse_delimited, ".tsv": _parse_delimited}[suffix]
     try:
-        doc = parse.get(suffix, _parse_xlsx)(path, data)
+        doc = parse(path, data)
     except ParseError:
         raise
     except (zipfile.BadZipFile, EOFError) as exc:  # Office files are zip archives; a cut one has no directory
@@ -70,8 +71,8 @@ def parse_office(path: Path, data: bytes) -> ParsedDocument:
 def _add_table(builder: _Builder, rows: Iterable[Iterable[str]], page: int | None = None) -> None:
     """Add a grid of cell texts (first row = header) as table blocks that each start with the header.
 
-    Empty rows and all-empty columns are dropped. Leading rows with one distinct value (a title typed
-    above the table, or merged across it) become paragraphs; a one-column table becomes a list.
+    Empty rows and all-empty columns are dropped. Leading rows with a single cell in a wider table (a
+    title typed above it, or merged across it) become paragraphs; a one-column table becomes a list.
     """
     grid = [[_collapse(cell) for cell in row] for row in rows]
     grid = [row for row in grid if any(row)]
@@ -80,7 +81,7 @@ def _add_table(builder: _Builder, rows: Iterable[Iterable[str]], page: int | Non
     width = max(len(row) for row in grid)
     used = [c for c in range(width) if any(c < len(row) and row[c] for row in grid)]
     grid = [_trim([row[c] if c < len(row) else "" for c in used]) for row in grid]
-    while len(grid) > 1 and len({cell for cell in grid[0] if cell}) == 1 and len(grid[0]) < len(used):
+    while len(grid) > 1 and sum(map(bool, grid[0])) == 1 and len(grid[0]) < len(used):
         builder.add(next(cell for cell in grid.pop(0) if cell), page=page)
     if len(used) < 2:
         builder.add("\n".join(row[0] for row in grid if row), "list", page=page)
@@ -123,7 +124,7 @@ def _parse_docx(path: Path, data: bytes) -> ParsedDocument:
     for item in document.iter_inner_content():  # paragraphs and tables in document order
         if isinstance(item, Table):
             flush_list()
-            _add_table(builder, ([cell.text for cell in row.cells] for row in item.rows))
+            _add_table(builder, (_docx_row(row.cells) for row in item.rows))
             continue
         text = _collapse(item.text)
         level, style = _heading_level(item.style), (item.style.name if item.style is not None else "") or ""
@@ -141,6 +142,14 @@ def _parse_docx(path: Path, data: bytes) -> ParsedDocument:
     title = title or _collapse(document.core_properties.title or "") or None
     title = title or next((b.text for b in builder.blocks if b.kind == "heading"), None)
     return ParsedDocument(path, "docx", builder.blocks, title=title)
+
+
+def _docx_row(cells) -> list[str]:
+    """Cell texts of one row; a horizontally merged cell repeats in every column it spans (python-docx
+    yields the same cell object for each), except one spanning the whole row: that is a title, one cell."""
+    if len(cells) > 1 and all(cell is cells[0] for cell in cells):
+        return [cells[0].text]
+    return [cell.text for cell in cells]
 
 
 def _heading_level(style) -> int:

@@ -149,6 +149,21 @@ def test_docx_table_rows_carry_their_header_in_every_group(tmp_path):
     assert "ci-mac-1 | macOS 15 | 8" not in groups[0]  # so its header really is a repeated one
 
 
+def test_docx_row_merged_across_the_table_is_a_title_not_the_header(tmp_path):
+    import docx
+
+    document = docx.Document()
+    table = document.add_table(rows=3, cols=3)
+    table.cell(0, 0).merge(table.cell(0, 2)).text = "Build machines"
+    for r, row in enumerate([("host", "os", "cores"), ("ci-mac-1", "macOS 15", "8")], start=1):
+        for c, value in enumerate(row):
+            table.cell(r, c).text = value
+    document.save(tmp_path / "merged.docx")
+    doc = parse_file(tmp_path / "merged.docx", LIMIT)
+    assert [(b.kind, b.text) for b in doc.blocks] == [
+        ("paragraph", "Build machines"), ("table", f"{HEADER}\nci-mac-1 | macOS 15 | 8")]
+
+
 def test_pptx_slide_titles_pages_tables_and_notes(tmp_path):
     doc = parse_file(make_pptx(tmp_path / "review.pptx"), LIMIT)
     assert doc.kind == "pptx" and doc.pages == 3
