@@ -33,6 +33,7 @@ from storage.parsing import _Builder, _collapse, _decode_text
 # so 400 characters is ~150 tokens, under the default 192-token chunk, and two full groups never share one.
 TABLE_GROUP_CHARS = 400
 MAX_SHEET_ROWS = 5000  # rows indexed per sheet or CSV file; past that a sheet is a database, not a document
+MAX_WORKBOOK_ROWS = 20000  # ~4,000 chunks: a few minutes of embedding on a CPU
 MAX_COLUMNS = 200  # a sheet's declared width can be the whole grid (XFD) because of formatting alone
 _OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # compound file: encrypted OOXML or old .doc/.xls/.ppt
 
@@ -222,16 +223,21 @@ def _parse_xlsx(path: Path, data: bytes) -> ParsedDocument:
     workbook = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
     builder = _Builder()
     warnings: list[str] = []
+    budget = MAX_WORKBOOK_ROWS
     try:
         for sheet in workbook.worksheets:
             if not hasattr(sheet, "iter_rows"):  # a chart sheet
+                continue
+            if budget == 0:
+                warnings.append(f"sheet '{sheet.title}' not indexed: over {MAX_WORKBOOK_ROWS} rows in the workbook")
                 continue
             width = sheet.max_column or MAX_COLUMNS
             if width > MAX_COLUMNS:
                 warnings.append(f"sheet '{sheet.title}': only the first {MAX_COLUMNS} columns indexed")
             rows = _capped(([_cell_text(cell) for cell in row]
                             for row in sheet.iter_rows(max_col=min(width, MAX_COLUMNS))),
-                           f"sheet '{sheet.title}'", warnings)
+                           min(MAX_SHEET_ROWS, budget), f"sheet '{sheet.title}': ", warnings)
+            budget -= len(rows)
             if rows:
                 builder.heading(sheet.title, 1)
                 _add_table(builder, rows)
@@ -258,14 +264,15 @@ def _cell_text(cell) -> str:
     return str(value)
 
 
-def _capped(rows: Iterable[list[str]], where: str, warnings: list[str]) -> list[list[str]]:
-    """The first MAX_SHEET_ROWS non-empty rows; a warning when more were left out."""
+def _capped(rows: Iterable[list[str]], limit: int, where: str, warnings: list[str]) -> list[list[str]]:
+    """The first `limit` non-empty rows (the header counts); a warning, prefixed by `where`, when more
+    were left out. Stops reading there: a million-row export is not read to the end."""
     kept: list[list[str]] = []
     for row in rows:
         if not any(cell.strip() for cell in row):
             continue
-        if len(kept) == MAX_SHEET_ROWS:
-            warnings.append(f"{where}: only the first {MAX_SHEET_ROWS} rows indexed")
+        if len(kept) == limit:
+            warnings.append(f"{where}only the first {limit} rows indexed")
             break
         kept.append(row)
     return kept
@@ -283,7 +290,7 @@ def _parse_delimited(path: Path, data: bytes) -> ParsedDocument:
             dialect = csv.excel
     warnings: list[str] = []
     try:
-        rows = _capped(csv.reader(io.StringIO(text, newline=""), dialect), "file", warnings)
+        rows = _capped(csv.reader(io.StringIO(text, newline=""), dialect), MAX_SHEET_ROWS, "", warnings)
     except csv.Error as exc:
         raise ParseError(f"not a valid {_KINDS[path.suffix.lower()]}: {exc}") from exc
     builder = _Builder()

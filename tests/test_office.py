@@ -187,22 +187,31 @@ def test_xlsx_one_section_per_sheet_rows_with_header(tmp_path):
     assert any(b.text == "Build machines" and b.kind == "paragraph" for b in doc.blocks)  # title, not header
 
 
-def test_huge_sheet_is_capped_with_a_warning(tmp_path, monkeypatch):
+def test_huge_sheets_and_workbooks_are_capped_with_warnings(tmp_path, monkeypatch):
     import openpyxl
 
     import storage.office as office
 
     monkeypatch.setattr(office, "MAX_SHEET_ROWS", 50)
+    monkeypatch.setattr(office, "MAX_WORKBOOK_ROWS", 80)
     book = openpyxl.Workbook()
-    book.active.title = "Log"
-    book.active.append(["n", "event"])
-    for n in range(1, 100):
-        book.active.append([n, f"event {n}"])
+    book.active.title = "Jan"
+    for sheet in (book.active, book.create_sheet("Feb"), book.create_sheet("Mar")):
+        sheet.append(["n", "event"])
+        for n in range(1, 100):
+            sheet.append([n, f"event {n}"])
     book.save(tmp_path / "log.xlsx")
     doc = parse_file(tmp_path / "log.xlsx", LIMIT)
-    rows = [line for group in tables(doc) for line in group.split("\n")[1:]]
-    assert rows[0] == "1 | event 1" and rows[-1] == "49 | event 49" and len(rows) == 49  # 50 rows incl. header
-    assert doc.warnings == ["sheet 'Log': only the first 50 rows indexed"]
+    rows = {}
+    for block in doc.blocks:
+        if block.kind == "table":
+            rows.setdefault(block.heading_path, []).extend(block.text.split("\n")[1:])
+    first, second = rows[("Jan",)], rows[("Feb",)]
+    assert first[0] == "1 | event 1" and first[-1] == "49 | event 49" and len(first) == 49  # 50 incl. header
+    assert len(second) == 29 and set(rows) == {("Jan",), ("Feb",)}  # the workbook's last 30 rows
+    assert doc.warnings == ["sheet 'Jan': only the first 50 rows indexed",
+                            "sheet 'Feb': only the first 30 rows indexed",
+                            "sheet 'Mar' not indexed: over 80 rows in the workbook"]
 
 
 def test_csv_delimiter_is_sniffed_and_header_kept_with_each_group(tmp_path):
