@@ -105,12 +105,15 @@ def sources() -> None:
     """List the ingested documents."""
     from storage.knowledge import KnowledgeBase
 
-    table = Table("document", "kind", "pages", "chunks", "status", "ingested")
+    table = Table("document", "kind", "encoding", "pages", "chunks", "status", "ingested")
     for doc in KnowledgeBase(_settings()).documents():
-        status = doc["status"] if not doc["error"] else f"{doc['status']}: {doc['error']}"
+        status = escape(doc["status"] if not doc["error"] else f"{doc['status']}: {doc['error']}")
+        # Per-file warnings (scanned pages, garbled text, a charset the page declared wrongly), one a line.
+        for warning in json.loads(doc["warnings"] or "[]"):
+            status += f"\n[yellow]! {escape(warning)}[/]"
         # escape(): file names like "Budget [draft].md" are not Rich markup
-        table.add_row(escape(doc["name"]), doc["kind"] or "", str(doc["pages"] or ""), str(doc["chunks"]),
-                      escape(status), (doc["ingested_at"] or "")[:19])
+        table.add_row(escape(doc["name"]), doc["kind"] or "", escape(doc["encoding"] or ""),
+                      str(doc["pages"] or ""), str(doc["chunks"]), status, (doc["ingested_at"] or "")[:19])
     console.print(table)
 
 

@@ -158,6 +158,10 @@ MIGRATIONS: list[str] = [
     ALTER TABLE interactions ADD COLUMN produced_by TEXT;       -- model | quote | refusal | smalltalk
     ALTER TABLE interactions ADD COLUMN passages TEXT;          -- JSON list: the passages shown to the model
     """,
+    # 4: the encoding a text file was decoded with, so a wrong guess can be seen in `flywheel sources`
+    """
+    ALTER TABLE documents ADD COLUMN encoding TEXT;             -- Python codec, e.g. utf-8, utf-16, cp1252
+    """,
 ]
 
 

@@ -29,6 +29,8 @@ class ParsedDocument:
     pages: int | None = None
     title: str | None = None
     warnings: list[str] = field(default_factory=list)  # e.g. "pages 3, 7 have no text layer (scanned?)"
+    encoding: str | None = None  # codec that decodes the file's bytes ("utf-8", "utf-16", "cp1252"); text files only
+    metadata: dict = field(default_factory=dict)  # e.g. a Markdown file's YAML front matter
 
 
 @dataclass

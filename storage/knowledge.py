@@ -198,14 +198,14 @@ class KnowledgeBase:
                 conn.execute("DELETE FROM chunks WHERE document_id = ?", (doc_id,))
                 conn.execute(
                     """INSERT INTO documents (id, path, name, kind, sha256, size, pages, chunks, status, error,
-                                              warnings, ingested_at, updated_at)
-                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'ok', NULL, ?, ?, ?)
+                                              warnings, encoding, ingested_at, updated_at)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'ok', NULL, ?, ?, ?, ?)
                        ON CONFLICT (id) DO UPDATE SET kind=excluded.kind, sha256=excluded.sha256,
                          size=excluded.size, pages=excluded.pages, chunks=excluded.chunks, status='ok',
-                         error=NULL, warnings=excluded.warnings, ingested_at=excluded.ingested_at,
-                         updated_at=excluded.updated_at""",
+                         error=NULL, warnings=excluded.warnings, encoding=excluded.encoding,
+                         ingested_at=excluded.ingested_at, updated_at=excluded.updated_at""",
                     (doc_id, str(path.resolve()), path.name, parsed.kind, sha, path.stat().st_size,
-                     parsed.pages, len(rows), _json_list(parsed.warnings), stamp, stamp),
+                     parsed.pages, len(rows), _json_list(parsed.warnings), parsed.encoding, stamp, stamp),
                 )
                 conn.executemany(
                     "INSERT INTO chunks (id, document_id, ord, source, page, heading, text, tokens) "

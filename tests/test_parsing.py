@@ -353,25 +353,6 @@ def test_pdf_partial_outline_adds_headings_styled_like_it(tmp_path):
     assert doc.blocks[-1].heading_path == ("Flights", "1.2 Fares")
 
 
-def test_html_nested_deeper_than_python_recursion_is_indexed_as_text_with_a_warning(tmp_path):
-    """Generated pages can nest thousands of wrappers (shared/cases/html-deep-nesting): the file is
-    indexed as plain text and reported, and the other files of the same ingest still go in."""
-    from storage.config import Settings
-    from storage.knowledge import KnowledgeBase
-
-    nested = tmp_path / "docs" / "nested.html"
-    nested.parent.mkdir()
-    nested.write_text("<html><body><h1>Deploy freeze</h1>" + "<div><span>" * 1500
-                      + "Deploys are frozen on Fridays after 15:00." + "</span></div>" * 1500 + "</body></html>")
-    (tmp_path / "docs" / "other.md").write_text("# Other\n\nThe cafeteria opens at 08:00.\n")
-    doc = parse_file(nested, max_bytes=10_000_000)
-    assert any("nested too deeply" in w for w in doc.warnings)
-    assert any("frozen on Fridays after 15:00" in b.text for b in doc.blocks)
-    kb = KnowledgeBase(Settings(home=tmp_path / "home"))
-    report = kb.ingest([nested.parent])
-    assert not report.failed and kb.stats()["documents"] == 2
-
-
 @pytest.mark.parametrize("encoding,bom", [("utf-16-le", b"\xff\xfe"), ("utf-16-be", b"\xfe\xff"),
                                           ("utf-32-le", b"\xff\xfe\x00\x00"), ("utf-8", b"\xef\xbb\xbf"),
                                           ("utf-8", b""), ("cp1252", b"")])
