@@ -3,7 +3,10 @@
     parse_file(Path("handbook.pdf"), max_bytes=100 * 2**20) -> ParsedDocument
 
 Every block carries the heading path above it, so the chunker can keep sections apart and cite
-"Deploys > Rollbacks"; PDF blocks also carry their 1-based physical page. Anything that cannot be
+"Deploys > Rollbacks"; PDF blocks also carry their 1-based physical page. Markdown goes through
+markdown-it-py's token stream, HTML through BeautifulSoup (lxml); tables of either become `table`
+blocks of `cell | cell` rows that start with their header. Text files are decoded by BOM, declared
+charset, UTF-8 or charset-normalizer, and `ParsedDocument.encoding` says which. Anything that cannot be
 ingested raises `ParseError` whose message is shown to users as is ("encrypted PDF (password
 required)", "unsupported file type '.png'", ...).
 """
@@ -29,7 +32,10 @@ _MB = 1024 * 1024
 
 
 def parse_file(path: Path, max_bytes: int) -> ParsedDocument:
-    """Parse `path` by extension (sniffing files without one); raise `ParseError` for bad input."""
+    """Parse `path` by extension (sniffing files without one); raise `ParseError` for bad input.
+
+    Text formats also get `encoding` (the codec used) and warnings for what decoding could not fix
+    (a wrong declared charset, mojibake, U+FFFD) on top of the parser's own."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -77,9 +83,7 @@ _BOMS = ((b"\xef\xbb\xbf", "utf-8", "utf-8-sig"), (b"\xff\xfe\x00\x00", "utf-32-
 # are written by tools that mean it, curly quotes and euro sign included.
 _WINDOWS_1252_LABELS = frozenset({"ascii", "us-ascii", "iso-8859-1", "iso8859-1", "iso_8859-1", "latin1",
                                   "latin-1", "l1", "cp819", "ibm819", "windows-1252", "x-cp1252"})
-
-
-_WESTERN_CODECS = frozenset({"cp1252", "latin_1", "iso8859_15"})
+_WESTERN_CODECS = ("cp1252", "latin_1", "iso8859_15")  # charset-normalizer's names, the likeliest first
 
 
 @dataclass
@@ -160,12 +164,12 @@ def _detect(data: bytes) -> tuple[str, str]:
     best = min(matches, key=lambda m: m.chaos) if matches else None
     # On a short text several code pages read equally well; the Western one is the likeliest guess.
     # `could_be_from_charset` lists the code pages that decode these bytes to the very same text.
-    western = [m for m in matches if _WESTERN_CODECS & set(m.could_be_from_charset)]
+    western = [m for m in matches if set(_WESTERN_CODECS) & set(m.could_be_from_charset)]
     if best is not None and western and min(m.chaos for m in western) <= best.chaos + 0.05:
         best = min(western, key=lambda m: m.chaos)
-    name = best.encoding if best is not None else "latin_1"
+    name = "latin_1"  # nothing fits: every byte is a character in Latin-1
     if best is not None:
-        name = next((c for c in ("cp1252", "latin_1", "iso8859_15") if c in best.could_be_from_charset), name)
+        name = next((c for c in _WESTERN_CODECS if c in best.could_be_from_charset), best.encoding)
     codec = codecs.lookup(name).name
     text = data.decode(codec, errors="replace")
     # Any byte decodes in some code page; real legacy text has almost no C0 control characters.
@@ -253,6 +257,9 @@ def _parse_text(path: Path, text: str) -> ParsedDocument:
 
 
 # --- Markdown -----------------------------------------------------------------------------------
+_MD_BARE_MARKER = re.compile(r"\s*([-*+]|\d+[.)])")  # a list item with no text
+
+
 @lru_cache(maxsize=1)
 def _markdown():
     from markdown_it import MarkdownIt
@@ -289,8 +296,7 @@ def _parse_markdown(path: Path, text: str) -> ParsedDocument:
     rows: list[list[str]] = []  # cells of the open table; markdown tables have one header row
 
     def flush_items() -> None:
-        lines = [line for line in items if line.strip() not in ("-", "*", "+") and not re.fullmatch(r"\s*\d+[.)]", line)]
-        builder.add("\n".join(lines), "list")
+        builder.add("\n".join(line for line in items if not _MD_BARE_MARKER.fullmatch(line)), "list")
         items.clear()
 
     def add_text(text: str) -> None:  # paragraph text: part of the current list item, else a paragraph
@@ -308,10 +314,9 @@ def _parse_markdown(path: Path, text: str) -> ParsedDocument:
             metadata, warnings = _front_matter(token.content)
         elif kind == "heading_open" and not depth:
             builder.heading(_md_inline(tokens[i + 1]), int(token.tag[1]))
-        elif kind == "inline" and tokens[i - 1].type in ("paragraph_open", "heading_open") and depth:
-            add_text(_md_inline(token))
-        elif kind == "inline" and tokens[i - 1].type == "paragraph_open":
-            builder.add(_md_inline(token))
+        elif kind == "inline" and (tokens[i - 1].type == "paragraph_open" or
+                                   (tokens[i - 1].type == "heading_open" and depth)):
+            add_text(_md_inline(token))  # (a heading outside lists was read at its heading_open)
         elif kind in ("bullet_list_open", "ordered_list_open"):
             depth += 1
         elif kind in ("bullet_list_close", "ordered_list_close"):
