@@ -208,16 +208,15 @@ def _reads_as_word(word: str) -> bool:
     if any(_bad_char(ch) for ch in word):
         return False
     if not any(ch.isalnum() for ch in word):
-        return len(set(word)) == 1  # "-", "•", a dot leader "......"; not symbol soup like "$%&'"
+        return len(word) <= 3 or len(set(word)) == 1  # "-", "->", "......"; not symbol soup like "$%&'("
     for part in re.split(r"[\W_]+", word):
-        if not part:
+        letters = "".join(ch for ch in part if ch.isalpha())
+        if letters.lower() == letters.upper():  # no cased letters (Chinese, Arabic, digits): any mix is fine
             continue
         if not _WORD_PART.fullmatch(part):  # digits inside letters: "5HVSRQVH"
             return False
-        letters = "".join(ch for ch in part if ch.isalpha())
-        cased = letters.lower() != letters.upper()  # Chinese, Japanese, Arabic... have no case
-        if cased and not (letters.islower() or letters.isupper() or letters.istitle() or len(letters) <= 2
-                          or _CAMEL.fullmatch(letters)):
+        if not (letters.islower() or letters.isupper() or letters.istitle() or len(letters) <= 2
+                or _CAMEL.fullmatch(letters)):
             return False
     return True
 
@@ -331,7 +330,7 @@ MIN_GUTTER = 8.0  # points: the narrowest white strip between two columns
 def _reading_order(lines: list[_Line]) -> list[_Line]:
     """Lines in reading order: columns one after the other, whatever order the content stream used.
 
-    A gutter is a vertical white strip that at most a tenth of the lines cross, with prose on both
+    A gutter is a vertical white strip that at most a fifth of the lines cross, with prose on both
     sides (`_gutter`). Lines crossing it (a title, a full-width paragraph) cut the page into bands;
     in each band the left side is read before the right, and each side is split again if it holds
     columns of its own. Inside a column lines keep the content-stream order, which is right in
@@ -381,7 +380,7 @@ def _gutter(lines: list[_Line]) -> tuple[float, float] | None:
     """The widest white strip between columns of prose, as (left, right) x in points, or None."""
     if len(lines) < 4:
         return None
-    allowed = len(lines) // 10  # lines that may cross it: titles, full-width paragraphs
+    allowed = max(2, len(lines) // 5)  # lines that may cross it: titles, full-width paragraphs
     edges = sorted({x for line in lines for x in (line.bbox[0], line.bbox[2])})
     strips: list[tuple[float, float]] = []  # runs of elementary strips (between line edges) few lines cross
     for x0, x1 in itertools.pairwise(edges):
