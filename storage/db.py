@@ -162,6 +162,26 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE documents ADD COLUMN encoding TEXT;             -- Python codec, e.g. utf-8, utf-16, cp1252
     """,
+    # 5: fine-tuned embedders (training/retriever.py), each with its own Chroma collection, and which one
+    # served each answer. Only a promoted row serves, and only once its collection is complete.
+    """
+    CREATE TABLE retrievers (
+        version TEXT PRIMARY KEY,       -- r0001, r0002, ...
+        path TEXT NOT NULL,             -- the sentence-transformers model folder
+        base_model TEXT NOT NULL,       -- what it was fine-tuned from
+        collection TEXT NOT NULL,       -- its Chroma collection (the name carries the version)
+        status TEXT NOT NULL,           -- candidate | promoted | retired | rejected
+        index_state TEXT NOT NULL,      -- none | building | ready | failed | dropped
+        run_id TEXT,
+        config TEXT,
+        data_counts TEXT,
+        losses TEXT,
+        metrics TEXT,                   -- the retrieval gate's report and decision
+        created_at TEXT NOT NULL,
+        promoted_at TEXT
+    );
+    ALTER TABLE interactions ADD COLUMN retriever TEXT;         -- r0001, or "base" (the configured embedder)
+    """,
 ]
 
 
