@@ -19,6 +19,10 @@ ENV PYTHONUNBUFFERED=1 \
     TOKENIZERS_PARALLELISM=false
 
 WORKDIR /app
+# Tesseract's English data: PyMuPDF OCRs scanned pages and text layers that don't map to Unicode with it.
+RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        tesseract-ocr tesseract-ocr-eng \
+    && rm -rf /var/lib/apt/lists/*
 # torch first and pinned, so the project's own requirements never pull another build.
 RUN pip install "torch==2.13.0" --index-url "${TORCH_INDEX}" --extra-index-url https://pypi.org/simple
 COPY pyproject.toml README.md ./
