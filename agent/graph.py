@@ -63,6 +63,7 @@ class AnswerState(TypedDict, total=False):
     query: str
     hits: list[dict[str, Any]]
     best_dense: float
+    retriever: str | None  # the retriever version whose embedder ranked the hits ("base" = configured one)
     context: list[dict[str, Any]]
     prompt: list[dict[str, str]]
     draft: str
@@ -105,6 +106,7 @@ class Answer:
     prompt: list[dict[str, str]] = field(default_factory=list)
     interaction_id: str | None = None
     thread_id: str | None = None
+    retriever: str | None = None  # retriever version that searched ("base" = configured embedder; None = no search)
     query: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -124,6 +126,7 @@ class Answer:
             "timings_ms": self.timings_ms,
             "model": self.model,
             "adapter": self.adapter,
+            "retriever": self.retriever,
             "interaction_id": self.interaction_id,
         }
 
@@ -184,7 +187,8 @@ class Agent:
         started = time.perf_counter()
         result = self.retriever.search(state["query"], k=self.settings.top_k, sources=state.get("sources"))
         timings = {**_timed(state, "retrieve_ms", started), **result.timings_ms}
-        return {"hits": [h.as_dict() for h in result.hits], "best_dense": result.best_dense, "timings": timings}
+        return {"hits": [h.as_dict() for h in result.hits], "best_dense": result.best_dense, "timings": timings,
+                "retriever": result.retriever}
 
     def select(self, state: AnswerState) -> dict:
         """Keep the best chunks that fit the prompt budget, best first (small models read the top best)."""
@@ -312,7 +316,7 @@ class Agent:
         turn = {
             "question": question, "sources": sources, "route": "", "query": question, "hits": [], "context": [],
             "prompt": [], "draft": "", "adapter": None, "answer": "", "produced_by": "refusal", "grounded": False,
-            "citations": [], "timings": {}, "best_dense": 0.0,
+            "citations": [], "timings": {}, "best_dense": 0.0, "retriever": None,
         }
         state: dict[str, Any] = {}
         config = {"configurable": {"thread_id": thread_id}}
@@ -337,6 +341,7 @@ class Agent:
             retrieved=retrieved, timings_ms=timings, model=model, adapter=adapter, route=state["route"],
             produced_by=state.get("produced_by") or "refusal", draft=state.get("draft", "") if used_model else "",
             passages=passages, prompt=state.get("prompt") or [], thread_id=thread_id, query=state.get("query"),
+            retriever=state.get("retriever"),
             extra={"check": state.get("check") or {}, "best_dense": state.get("best_dense", 0.0)},
         )
         if record:
@@ -346,6 +351,7 @@ class Agent:
                 route=result.route, citations=result.citations, retrieved=retrieved,
                 prompt=_prompt_text(state.get("prompt")), model=model, adapter=adapter, timings=timings,
                 draft=result.draft or None, produced_by=result.produced_by, passages=passages,
+                retriever=result.retriever,
             )
         return result
 

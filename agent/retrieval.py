@@ -2,6 +2,9 @@
 optional cross-encoder reranker. Every hit keeps its scores and provenance.
 
     flywheel ask "How do I roll back a deploy?" --json   # shows the retrieved citations
+
+The dense side follows the retriever registry: `kb.dense` is the promoted fine-tuned embedder with its own
+collection (training/retriever.py), else the configured embedder; each search uses one such pair throughout.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class SearchResult:
     hits: list[Hit]
     best_dense: float  # the best cosine similarity among all dense candidates: how on-topic the docs are
     timings_ms: dict[str, float] = field(default_factory=dict)
+    retriever: str = "base"  # the embedder that ranked the dense side: a retriever version, or "base"
 
 
 def reciprocal_rank_fusion(rankings: list[list[str]], k: int = 60) -> list[tuple[str, float]]:
@@ -70,8 +74,8 @@ class Retriever:
         timings: dict[str, float] = {}
 
         started = time.perf_counter()
-        embedding = self.kb.embedder.encode([query])[0]
-        dense = self.kb.vectors.query(embedding, n, sources)
+        dense_index = self.kb.dense  # the promoted retriever's embedder + collection, as one pair
+        dense = dense_index.search(query, n, sources)
         timings["dense_ms"] = _ms(started)
 
         started = time.perf_counter()
@@ -110,7 +114,7 @@ class Retriever:
             timings["rerank_ms"] = _ms(started)
 
         best = max((s for _, s in dense), default=0.0)
-        return SearchResult(hits=hits[:k], best_dense=best, timings_ms=timings)
+        return SearchResult(hits=hits[:k], best_dense=best, timings_ms=timings, retriever=dense_index.target.label)
 
 
 def _ms(started: float) -> float:

@@ -117,7 +117,8 @@ class Settings(BaseSettings):
     max_seq_len: int = Field(768, description="Training sequences are truncated/packed to this many tokens.")
     train_threads: int = Field(0, description="torch threads while training; 0 = all cores.")
     promote_margin: float = Field(0.02, description="Smallest accuracy gain (final answers, candidate minus the serving "
-                                  "adapter) worth promoting; the gain must also be significant at 95%.")
+                                  "adapter) worth promoting; the gain must also be significant at 95%. The retriever "
+                                  "gate asks the same of its hit@1 gain.")
     guard_tolerance: float = Field(0.02, description="Largest allowed drop of a guard metric (groundedness, citations, refusals).")
     max_train_pairs: int = Field(
         120, description="Distilled pairs one cycle trains on (0 = all), spread over documents and sections; "
@@ -137,6 +138,21 @@ class Settings(BaseSettings):
     min_dpo_pairs: int = Field(32, description="Preference pairs needed before a DPO stage runs after SFT.")
     kto_min_rows: int = Field(
         16, description="Voted drafts (both 👍 and 👎 among them) needed before a KTO stage runs after SFT/DPO."
+    )
+
+    # --- retriever training (training/retriever.py: the embedder learns from the distilled questions) ---
+    retriever_training: bool = Field(
+        True, description="Each cycle also fine-tunes the embedder on the distilled train pairs, gates it on hit@1 "
+        "(held-out pairs + admin QA with sources/pages) and, when promoted, re-embeds the corpus into a new collection."
+    )
+    retriever_epochs: float = Field(1, description="Epochs over the retriever's training rows.")
+    retriever_learning_rate: float = Field(3e-5, description="Learning rate of the embedder's full fine-tuning.")
+    retriever_batch_size: int = Field(
+        32, description="Rows per batch; every other row's passage is an in-batch negative (MultipleNegativesRankingLoss)."
+    )
+    retriever_max_pairs: int = Field(
+        1000, description="Distilled train pairs one retriever run learns from (0 = all), spread over documents and "
+        "sections; each gives a (question, chunk, hard negative) and a (question, answer) row."
     )
 
     # --- distillation and datasets ----------------------------------------------------------------
@@ -192,11 +208,16 @@ class Settings(BaseSettings):
         return self.home / "datasets"
 
     @property
+    def retrievers_dir(self) -> Path:
+        return self.home / "retrievers"
+
+    @property
     def checkpoints_path(self) -> Path:
         return self.home / "conversations.db"
 
     def ensure_dirs(self) -> None:
-        for path in (self.home, self.chroma_dir, self.bm25_dir, self.models_dir, self.adapters_dir, self.datasets_dir):
+        for path in (self.home, self.chroma_dir, self.bm25_dir, self.models_dir, self.adapters_dir, self.datasets_dir,
+                     self.retrievers_dir):
             path.mkdir(parents=True, exist_ok=True)
 
     def masked(self) -> dict[str, object]:

@@ -33,6 +33,18 @@ def resolve_embedding_model(name_or_path: str) -> str:
     return name_or_path or str(bundled_embedding_model())
 
 
+BUNDLED_IDENTITY = "bundled:all-MiniLM-L6-v2"
+
+
+def model_identity(name_or_path: str) -> str:
+    """The name a collection records for the model that wrote its vectors: the bundled model by a fixed
+    name (its folder moves with the virtualenv), a local folder by its absolute path, a hub id as given."""
+    if not name_or_path:
+        return BUNDLED_IDENTITY
+    path = Path(name_or_path).expanduser()
+    return str(path.resolve()) if path.exists() else name_or_path
+
+
 class Embedder:
     """A loaded sentence-transformers model: normalized embeddings and token counting."""
 
@@ -42,6 +54,7 @@ class Embedder:
         quiet_libraries()
 
         self.name = resolve_embedding_model(name_or_path)
+        self.identity = model_identity(name_or_path)  # what collections written with it record
         local = Path(self.name).exists()
         self.model = SentenceTransformer(self.name, device="cpu", local_files_only=local or hf_offline())
         self.tokenizer = self.model.tokenizer

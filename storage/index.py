@@ -3,6 +3,10 @@
 SQLite's `chunks` table is the source of truth; both indexes can be rebuilt from it
 (`flywheel ingest --reindex`). Chroma runs embedded (`PersistentClient`) or, for teams that
 outgrow one machine, against a Chroma server (`FLYWHEEL_CHROMA_HOST`).
+
+Each Chroma collection records the model that wrote its vectors; a promoted retriever (a fine-tuned
+embedder, training/retriever.py) serves from its own collection, `<collection>-rNNNN`, and `DenseIndex`
+pairs a collection with its embedder so the two always change together. BM25 is the same for all.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from storage.config import Settings
-from storage.embeddings import FlywheelEmbeddingFunction
+from storage.embeddings import FlywheelEmbeddingFunction, model_identity
 
 log = logging.getLogger(__name__)
 
@@ -40,31 +44,77 @@ def embedding_text(source: str, heading: str | None, text: str) -> str:
     return f"{title} — {heading}\n{text}" if heading else f"{title}\n{text}"
 
 
+class EmbeddingMismatchError(RuntimeError):
+    """A collection opened or queried with a model other than the one that wrote its vectors: cosine
+    similarities between two models' vectors are meaningless, so this is refused, never attempted."""
+
+
+MODEL_KEY = "embedding_model"  # collection metadata: model_identity() of the model that wrote the vectors
+RETRIEVER_KEY = "retriever"  # collection metadata: the retriever version ("base" = the configured embedder)
+
+
+def chroma_client(settings: Settings):
+    """The embedded Chroma store under `settings.chroma_dir`, or a Chroma server (`FLYWHEEL_CHROMA_HOST`)."""
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    chroma_settings = ChromaSettings(anonymized_telemetry=False, allow_reset=False)
+    if settings.chroma_host:
+        return chromadb.HttpClient(host=settings.chroma_host, port=settings.chroma_port, settings=chroma_settings)
+    settings.chroma_dir.mkdir(parents=True, exist_ok=True)
+    return chromadb.PersistentClient(path=str(settings.chroma_dir), settings=chroma_settings)
+
+
+def collection_name(settings: Settings, version: str | None) -> str:
+    """The base embedder's vectors live in `settings.collection`, retriever rNNNN's in `<collection>-rNNNN`."""
+    return settings.collection if version is None else f"{settings.collection}-{version}"
+
+
 class VectorIndex:
-    """Chunks in a Chroma collection (cosine), always written and queried with our own embeddings."""
+    """Chunks in a Chroma collection (cosine), always written and queried with our own embeddings.
 
-    def __init__(self, settings: Settings):
-        import chromadb
-        from chromadb.config import Settings as ChromaSettings
+    A collection belongs to one embedding model: its identity is recorded in the collection's metadata
+    when the collection is created, and opening it with another model raises EmbeddingMismatchError.
+    Defaults: `settings.collection` and `settings.embedding_model` (the base embedder)."""
 
-        chroma_settings = ChromaSettings(anonymized_telemetry=False, allow_reset=False)
-        if settings.chroma_host:
-            self.client = chromadb.HttpClient(
-                host=settings.chroma_host, port=settings.chroma_port, settings=chroma_settings
-            )
-        else:
-            settings.chroma_dir.mkdir(parents=True, exist_ok=True)
-            self.client = chromadb.PersistentClient(path=str(settings.chroma_dir), settings=chroma_settings)
+    def __init__(self, settings: Settings, collection: str | None = None, model: str | None = None,
+                 retriever: str | None = None):
+        self.client = chroma_client(settings)
+        self.name = collection or settings.collection
+        model_name = settings.embedding_model if model is None else model
+        self.model = model_identity(model_name)
         self.collection = self.client.get_or_create_collection(
-            settings.collection,
-            embedding_function=FlywheelEmbeddingFunction(settings.embedding_model),
+            self.name,
+            embedding_function=FlywheelEmbeddingFunction(model_name),
             configuration={"hnsw": {"space": "cosine"}},
+            metadata={MODEL_KEY: self.model, RETRIEVER_KEY: retriever or "base"},  # used only when created
         )
+        meta = dict(self.collection.metadata or {})
+        recorded = meta.get(MODEL_KEY)
+        if recorded is None:
+            # Written before collections recorded their model: by the configured embedder, the only one then.
+            self.collection.modify(metadata={**meta, MODEL_KEY: self.model, RETRIEVER_KEY: retriever or "base"})
+        elif recorded != self.model:
+            raise EmbeddingMismatchError(
+                f"Chroma collection {self.name!r} holds vectors of {recorded!r}, not of {self.model!r}; refusing "
+                "to mix two models' vectors. Serve the retriever that wrote it, or rebuild the index with "
+                "`flywheel ingest --reindex`."
+            )
+
+    def check_model(self, model: str) -> None:
+        """Raise EmbeddingMismatchError unless `model` (an identity) wrote this collection."""
+        if model != self.model:
+            raise EmbeddingMismatchError(
+                f"query embedded by {model!r}, but collection {self.name!r} holds vectors of {self.model!r}")
 
     def count(self) -> int:
         return self.collection.count()
 
-    def upsert(self, chunks: list[IndexedChunk], embeddings: np.ndarray, batch: int = 2000) -> None:
+    def upsert(self, chunks: list[IndexedChunk], embeddings: np.ndarray, batch: int = 2000,
+               model: str | None = None) -> None:
+        """Write `chunks` with their (n, dim) `embeddings`; `model`, when given, must be this collection's."""
+        if model is not None:
+            self.check_model(model)
         for start in range(0, len(chunks), batch):
             part = chunks[start : start + batch]
             self.collection.upsert(
@@ -74,11 +124,34 @@ class VectorIndex:
                 documents=[c.text for c in part],
             )
 
+    def ids(self, page: int = 5000) -> set[str]:
+        """Every chunk id the collection holds (paged: Chroma caps one read)."""
+        found: set[str] = set()
+        offset = 0
+        while True:
+            got = self.collection.get(include=[], limit=page, offset=offset)["ids"]
+            found.update(got)
+            if len(got) < page:
+                return found
+            offset += page
+
+    def vectors(self, ids: list[str], page: int = 2000) -> dict[str, np.ndarray]:
+        """{chunk id: stored vector} for those of `ids` the collection holds (what it would be searched with)."""
+        out: dict[str, np.ndarray] = {}
+        for start in range(0, len(ids), page):
+            got = self.collection.get(ids=ids[start : start + page], include=["embeddings"])
+            out.update({i: np.asarray(v, dtype=np.float32) for i, v in zip(got["ids"], got["embeddings"])})
+        return out
+
     def delete_document(self, document_id: str) -> None:
         self.collection.delete(where={"document_id": document_id})
 
-    def query(self, embedding: np.ndarray, k: int, sources: list[str] | None = None) -> list[tuple[str, float]]:
-        """(chunk id, cosine similarity), best first."""
+    def query(self, embedding: np.ndarray, k: int, sources: list[str] | None = None,
+              model: str | None = None) -> list[tuple[str, float]]:
+        """(chunk id, cosine similarity), best first. `model`, the identity of the model that embedded the
+        query, is checked against the collection's when given (DenseIndex always gives it)."""
+        if model is not None:
+            self.check_model(model)
         n = self.count()
         if n == 0:
             return []
@@ -87,6 +160,39 @@ class VectorIndex:
             query_embeddings=[embedding], n_results=min(k, n), where=where, include=["distances"]
         )
         return [(cid, 1.0 - float(d)) for cid, d in zip(result["ids"][0], result["distances"][0])]
+
+
+@dataclass(frozen=True)
+class DenseTarget:
+    """Which embedder serves dense retrieval and where its vectors are: the base embedder (version None,
+    `settings.embedding_model` in `settings.collection`) or a promoted retriever (its model folder and
+    collection)."""
+
+    version: str | None
+    model: str  # what get_embedder() loads: an id or a path ("" = bundled MiniLM)
+    collection: str
+
+    @property
+    def label(self) -> str:
+        return self.version or "base"
+
+
+class DenseIndex:
+    """An embedder and the collection of its vectors, opened and swapped as one object, so a query is never
+    embedded by one model and searched among another model's vectors."""
+
+    def __init__(self, settings: Settings, target: DenseTarget):
+        from storage.embeddings import get_embedder
+
+        self.target = target
+        self.embedder = get_embedder(target.model)
+        self.index = VectorIndex(settings, target.collection, target.model, target.version)
+        self.index.check_model(self.embedder.identity)
+
+    def search(self, text: str, k: int, sources: list[str] | None = None) -> list[tuple[str, float]]:
+        """(chunk id, cosine similarity) of the `k` nearest chunks to `text`, best first."""
+        embedding = self.embedder.encode([text])[0]
+        return self.index.query(embedding, k, sources, model=self.embedder.identity)
 
 
 def _metadata(chunk: IndexedChunk) -> dict[str, object]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -23,7 +24,16 @@ from storage.chunking import chunk_document
 from storage.config import Settings
 from storage.db import Store, now
 from storage.documents import ParseError
-from storage.index import IndexedChunk, LexicalIndex, VectorIndex, embedding_text
+from storage.index import (
+    DenseIndex,
+    DenseTarget,
+    IndexedChunk,
+    LexicalIndex,
+    VectorIndex,
+    chroma_client,
+    collection_name,
+    embedding_text,
+)
 from storage.parsing import SUPPORTED_SUFFIXES, parse_file
 
 log = logging.getLogger(__name__)
@@ -87,6 +97,16 @@ def expand_paths(paths: Iterable[Path]) -> list[tuple[Path, bool]]:
     return out
 
 
+def serving_target(settings: Settings, store: Store) -> DenseTarget:
+    """The promoted retriever's model and collection (a promotion flips only once its collection is
+    complete), else the configured embedder in `settings.collection`. One SQLite query."""
+    rows = store.query("SELECT version, path, collection FROM retrievers WHERE status = 'promoted' "
+                       "ORDER BY promoted_at DESC LIMIT 1")
+    if rows:
+        return DenseTarget(rows[0]["version"], rows[0]["path"], rows[0]["collection"])
+    return DenseTarget(None, settings.embedding_model, collection_name(settings, None))
+
+
 class KnowledgeBase:
     """SQLite chunks + Chroma vectors + BM25, kept in step."""
 
@@ -95,19 +115,32 @@ class KnowledgeBase:
         self.settings = settings
         self.store = store or Store(settings.db_path)
         self.lexical = LexicalIndex(settings)
-        self._vectors: VectorIndex | None = None
+        self._dense: DenseIndex | None = None
+        self._dense_lock = threading.Lock()
 
     @property
     def embedder(self):
+        """The configured embedder: chunk sizes (token counts) and the grounding check's similarities, whose
+        thresholds were tuned on it. Dense retrieval uses `dense.embedder`, which a promoted retriever changes."""
         from storage.embeddings import get_embedder
 
         return get_embedder(self.settings.embedding_model)
 
     @property
+    def dense(self) -> DenseIndex:
+        """The serving embedder with its collection, re-read from the registry on every access (one SQLite
+        query) so a running bot follows a promotion or rollback at its next search, without a restart. A
+        caller keeps the object it got for a whole query: a switch never changes a search half-way."""
+        target = serving_target(self.settings, self.store)
+        with self._dense_lock:
+            if self._dense is None or self._dense.target != target:
+                self._dense = DenseIndex(self.settings, target)
+            return self._dense
+
+    @property
     def vectors(self) -> VectorIndex:
-        if self._vectors is None:
-            self._vectors = VectorIndex(self.settings)
-        return self._vectors
+        """The serving collection."""
+        return self.dense.index
 
     # --- ingestion ----------------------------------------------------------------------------
     def ingest(
@@ -187,8 +220,10 @@ class KnowledgeBase:
             for chunk in chunks
         ]
         indexed = [IndexedChunk(r["id"], doc_id, r["source"], r["page"], r["heading"], r["text"]) for r in rows]
-        vectors = self.embedder.encode([embedding_text(c.source, c.heading, c.text) for c in indexed])
-        self.vectors.upsert(indexed, vectors)  # new ids: the old version stays live until SQLite switches
+        dense = self.dense  # one embedder + collection for the whole file, even if a switch lands meanwhile
+        vectors = dense.embedder.encode([embedding_text(c.source, c.heading, c.text) for c in indexed])
+        # New ids: the old version of the file stays live until SQLite switches.
+        dense.index.upsert(indexed, vectors, model=dense.embedder.identity)
         stamp = now()
         with self.store.lock:
             conn = self.store.db.conn
@@ -216,9 +251,9 @@ class KnowledgeBase:
             except BaseException:
                 if conn.in_transaction:  # SQLITE_FULL and friends roll back by themselves
                     conn.execute("ROLLBACK")
-                self._delete_vectors([c.id for c in indexed])
+                self._delete_vectors([c.id for c in indexed], dense.index)
                 raise
-        self._delete_vectors([i for i in old_ids if i not in {r["id"] for r in rows}])
+        self._delete_vectors([i for i in old_ids if i not in {r["id"] for r in rows}], dense.index)
 
     def _record_failure(self, doc_id: str, path: Path, previous: dict | None, reason: str) -> None:
         """Remember the failure; a previously good version keeps serving (status 'stale')."""
@@ -234,11 +269,11 @@ class KnowledgeBase:
         except sqlite3.Error:
             log.exception("could not record the failure of %s", path)
 
-    def _delete_vectors(self, ids: list[str]) -> None:
+    def _delete_vectors(self, ids: list[str], index: VectorIndex | None = None) -> None:
         if not ids:
             return
         try:
-            self.vectors.collection.delete(ids=ids)
+            (index or self.vectors).collection.delete(ids=ids)
         except Exception:  # orphans are harmless: retrieval only returns ids that SQLite knows
             log.warning("could not delete %d stale vectors", len(ids), exc_info=True)
 
@@ -261,14 +296,22 @@ class KnowledgeBase:
         self.lexical.rebuild([(r["id"], r["source"], embedding_text(r["source"], r["heading"], r["text"])) for r in rows])
 
     def reindex(self) -> int:
-        """Rebuild both indexes from SQLite (after changing the embedding model, or a lost Chroma folder)."""
-        self.vectors.client.delete_collection(self.settings.collection)
-        self._vectors = None
+        """Rebuild both indexes from SQLite (after changing the embedding model, or a lost Chroma folder).
+        The serving collection is dropped and rewritten by the serving embedder (the promoted retriever's,
+        else the configured one) without being opened first: its old vectors may be another model's."""
+        target = serving_target(self.settings, self.store)
+        try:
+            chroma_client(self.settings).delete_collection(target.collection)
+        except Exception:  # chromadb.errors.NotFoundError: nothing to drop
+            log.info("no collection %s to drop", target.collection)
+        with self._dense_lock:
+            self._dense = None
+        dense = self.dense
         rows = self.store.query("SELECT * FROM chunks ORDER BY document_id, ord")
         indexed = [IndexedChunk(r["id"], r["document_id"], r["source"], r["page"], r["heading"], r["text"]) for r in rows]
         if indexed:
-            vectors = self.embedder.encode([embedding_text(c.source, c.heading, c.text) for c in indexed])
-            self.vectors.upsert(indexed, vectors)
+            vectors = dense.embedder.encode([embedding_text(c.source, c.heading, c.text) for c in indexed])
+            dense.index.upsert(indexed, vectors, model=dense.embedder.identity)
         self.rebuild_lexical()
         return len(indexed)
 
