@@ -273,6 +273,28 @@ QUOTE_SEMANTIC_WEIGHT = 0.7  # questions are paraphrased: meaning matters more t
 QUOTE_MAX_CHARS = 400
 
 
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"\w+", text.lower()))
+
+
+def named_rows(question: str, text: str, max_rows: int = 3) -> str | None:
+    """`header / row / row` for the table rows whose first cell the question names ("SEV1 vs SEV2",
+    "cores on ci-mac-1"); None when it names none. A row keyed by what the user asks about is that
+    thing's definition, whatever sentence elsewhere repeats the same words. Names are matched word for
+    word, digits included (the analyzer would make ci-mac-1 and ci-mac-2 the same name)."""
+    lines = [ln.strip() for ln in text.splitlines() if _is_table_row(ln)]
+    if len(lines) < 2:
+        return None
+    asked, named = _words(question), []
+    for row in lines[1:]:
+        key = _words(row.split(" | ")[0])
+        if key - STOPWORDS and not all(w.isdigit() for w in key) and key <= asked:
+            named.append(row)
+    if not named or len(named) == len(lines) - 1 and len(named) > 1:  # naming every row names none
+        return None
+    return " / ".join([lines[0]] + named[:max_rows])
+
+
 def choose_quote(question: str, passages: Sequence[Passage], embed: Embed | None = None,
                  max_passages: int = 5, max_sentences: int = 3) -> Quote | None:
     """The run of up to `max_sentences` consecutive passage sentences that best answers the question,
@@ -281,10 +303,27 @@ def choose_quote(question: str, passages: Sequence[Passage], embed: Embed | None
     An answer often sits one sentence after the one that repeats the question's words ("The default is
     FULL. In WAL mode, NORMAL is enough."), so each sentence is scored with the ones that follow it:
     score = 0.7 · cosine(question, run or its first sentence) + 0.3 · share of the question's terms in the
-    run or its heading, minus 0.02 per passage rank. Navigation lines never start or join a run."""
+    run or its heading, minus 0.02 per passage rank. Navigation lines never start or join a run. Table rows
+    the question names (`named_rows`) are a candidate too, and the answer when it names two or more."""
     wanted = terms(_SCAFFOLDING.sub(" ", question)) or terms(question)
     if not wanted or not passages:
         return None
+    weight = QUOTE_SEMANTIC_WEIGHT if embed is not None else 0.0
+    named: Quote | None = None
+    for pi, p in enumerate(passages[:max_passages]):
+        rows = named_rows(question, p.text)
+        if rows:
+            # Like a run's first sentence, the best single row speaks for the quote: long rows dilute it.
+            parts = rows.split(" / ")
+            vectors = embed([question] + parts[1:] + [rows]) if embed is not None else None
+            cos = float((vectors[1:] @ vectors[0]).max()) if vectors is not None else 0.0
+            lexical = len(wanted & (terms(rows) | terms(p.heading or ""))) / len(wanted)
+            score = weight * cos + (1 - weight) * lexical - 0.02 * pi
+            named = Quote(f"The documents say: “{rows}” [{pi + 1}]", [pi + 1], round(score, 3), round(cos, 3),
+                          round(lexical, 3))
+            if len(parts) > 2:  # "SEV1 vs SEV2": a question naming two rows asks about exactly those rows
+                return named
+            break
     runs: list[tuple[int, str, str]] = []  # (passage index, first sentence, run)
     for pi, p in enumerate(passages[:max_passages]):
         parts = sentences(p.text)
@@ -292,15 +331,18 @@ def choose_quote(question: str, passages: Sequence[Passage], embed: Embed | None
         for si, first in enumerate(parts):
             if is_navigation(first) or si == header:  # column names answer nothing by themselves
                 continue
+            if _is_table_row(first):  # a row is a unit, read with its column names (shown with it too)
+                row = f"{parts[header]} / {first}" if header is not None and header < si else first
+                runs.append((pi, row, row))
+                continue
             run = [first]
             for nxt in parts[si + 1 : si + max_sentences]:
-                if is_navigation(nxt) or len(" ".join(run + [nxt])) > QUOTE_MAX_CHARS:
+                if is_navigation(nxt) or _is_table_row(nxt) or len(" ".join(run + [nxt])) > QUOTE_MAX_CHARS:
                     break
                 run.append(nxt)
             runs.append((pi, first, " ".join(run)))
     if not runs:
-        return None
-    weight = QUOTE_SEMANTIC_WEIGHT if embed is not None else 0.0
+        return named
     if embed is not None:
         vectors = embed([question] + [r[1] for r in runs] + [r[2] for r in runs])
         first_cos, run_cos = vectors[1 : len(runs) + 1] @ vectors[0], vectors[len(runs) + 1 :] @ vectors[0]
@@ -315,13 +357,10 @@ def choose_quote(question: str, passages: Sequence[Passage], embed: Embed | None
         score = weight * float(cosine[n]) + (1 - weight) * lexical - 0.02 * pi
         if best is None or score > best[0]:
             best = (score, n, float(cosine[n]), lexical)
-    if best is None:
-        return None
+    if best is None or (named is not None and named.score >= best[0]):
+        return named  # one named row competes with the sentences like any other candidate
     score, n, cos, lexical = best
     pi, first, run = runs[n]
-    if _is_table_row(first):  # rows mean little without the column names
-        header = next((ln.strip() for ln in passages[pi].text.splitlines() if _is_table_row(ln)), "")
-        run = run if not header or run.startswith(header) else f"{header} / {run}"
     # A numbered list splits as "... success. 4." — drop the next item's dangling number.
     quote = re.sub(r"\s+\d{1,2}[.)]$", "", run.strip())
     return Quote(f"The documents say: “{quote}” [{pi + 1}]", [pi + 1], round(score, 3), round(cos, 3),

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from agent.grounding import check_draft, choose_quote, is_navigation
+from agent.grounding import check_draft, choose_quote, is_navigation, named_rows
 from storage.text import split_sentences, terms
 
 
@@ -140,3 +140,25 @@ def test_table_rows_are_quoted_whole_with_their_header(embed):
     quote = choose_quote("What is the hotel cap in London?", table, embed)
     assert quote is not None and "London | 1 | $380 | $120" in quote.answer
     assert quote.answer.index("Hotel cap") < quote.answer.index("London")
+
+
+SEVERITY = [P("When in doubt, declare the higher severity. Every SEV1 and SEV2 needs a blameless postmortem.",
+              heading="On-call > After the incident"),
+            P("Severity | Definition | Update cadence\nSEV1 | Customer-facing outage or data loss. | Every 30 minutes"
+              "\nSEV2 | Significant degradation with a workaround. | Every 60 minutes\nSEV3 | Minor impact. | Daily",
+              heading="On-call > Severity levels")]
+
+
+def test_rows_the_question_names_are_quoted_with_their_header(embed):
+    quote = choose_quote("What's the difference between a SEV1 and a SEV2?", SEVERITY, embed)
+    assert quote is not None and quote.cited == [2]
+    assert "Customer-facing outage" in quote.answer and "Significant degradation" in quote.answer
+    assert "Minor impact" not in quote.answer and "postmortem" not in quote.answer
+    assert quote.answer.index("Definition") < quote.answer.index("SEV1 |")
+
+
+def test_a_row_is_named_by_its_whole_first_cell_only(embed):
+    hosts = [P("host | os | cores\nci-mac-1 | macOS 15 | 8\nci-mac-2 | macOS 14 | 4", heading="CI > Hosts")]
+    quote = choose_quote("How many cores does ci-mac-1 have?", hosts, embed)
+    assert quote is not None and "ci-mac-1 | macOS 15 | 8" in quote.answer and "ci-mac-2" not in quote.answer
+    assert named_rows("How many cores does a mac have?", hosts[0].text) is None  # "mac" names no row
