@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from storage.documents import ParsedDocument, ParseError
-from storage.parsing import _Builder, _collapse, _decode_text
+from storage.parsing import _Builder, _collapse, decode_text
 
 # A table group (header + rows) stays under one chunk: table text runs ~2.6 characters per MiniLM token,
 # so 400 characters is ~150 tokens, under the default 192-token chunk, and two full groups never share one.
@@ -280,7 +280,8 @@ def _capped(rows: Iterable[list[str]], limit: int, where: str, warnings: list[st
 
 # --- CSV / TSV ----------------------------------------------------------------------------------
 def _parse_delimited(path: Path, data: bytes) -> ParsedDocument:
-    text = _decode_text(data)  # BOMs, UTF-16 and legacy code pages as for any text file
+    decoded = decode_text(data)  # BOMs, UTF-16 and legacy code pages as for any text file
+    text = decoded.text
     if path.suffix.lower() == ".tsv":
         dialect: type[csv.Dialect] = csv.excel_tab
     else:
@@ -288,11 +289,12 @@ def _parse_delimited(path: Path, data: bytes) -> ParsedDocument:
             dialect = csv.Sniffer().sniff(text[:65536], delimiters=",;\t|")
         except csv.Error:  # one column, or too irregular to tell: the standard comma
             dialect = csv.excel
-    warnings: list[str] = []
+    warnings: list[str] = list(decoded.warnings)
     try:
         rows = _capped(csv.reader(io.StringIO(text, newline=""), dialect), MAX_SHEET_ROWS, "", warnings)
     except csv.Error as exc:
         raise ParseError(f"not a valid {_KINDS[path.suffix.lower()]}: {exc}") from exc
     builder = _Builder()
     _add_table(builder, rows)
-    return ParsedDocument(path, path.suffix.lower().lstrip("."), builder.blocks, warnings=warnings)
+    return ParsedDocument(path, path.suffix.lower().lstrip("."), builder.blocks, warnings=warnings,
+                          encoding=decoded.encoding)

@@ -125,9 +125,6 @@ def decode_text(data: bytes, declared: str | None = None) -> Decoded:
     return Decoded(text, codec, warnings)
 
 
-def _decode_text(data: bytes) -> str:
-    """`decode_text(data).text`, for callers that only need the text (storage/office.py's CSV)."""
-    return decode_text(data).text
 
 
 def _declared_codec(label: str) -> str | None:

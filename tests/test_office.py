@@ -224,6 +224,7 @@ def test_csv_delimiter_is_sniffed_and_header_kept_with_each_group(tmp_path):
         assert len(groups) > 1 and all(group.split("\n")[0] == HEADER for group in groups)
         assert any("ci-mac-1 | macOS 15 | 8" in group for group in groups)
     assert tables(semicolon) == tables(tsv) == tables(utf16)
+    assert (semicolon.encoding, utf16.encoding) == ("utf-8", "utf-16")  # recorded like any text file's
 
 
 def test_corrupt_and_protected_files_give_readable_errors(tmp_path):
