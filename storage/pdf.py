@@ -198,9 +198,11 @@ def _bad_char(ch: str) -> bool:
     return (category == "Cc" and ch not in "\t\n\r") or category in ("Co", "Cn", "Cs") or ch == "\ufffd"
 
 
-# Parts of a word between punctuation: letters ("policy", "报销"), a number with at most a short unit
-# ("30", "2.5", "15th", "10am"), or letters then digits ("v2", "x86", "sha256").
-_WORD_PART = re.compile(r"[^\W\d_]+|\d+(?:[.,]\d+)*[^\W\d_]{0,3}|[^\W\d_]+\d+")
+# Parts of a word between punctuation: letters, maybe with digits after the first ("policy", "v2",
+# "asn1Decoding"), or digits with runs of at most 3 letters, as codes are ("30", "15th", "M6x20", "4K").
+# Not a digit then a long run of letters: how capitals read in shifted glyph codes ("5HVSRQVH").
+_WORD_PART = re.compile(r"[^\W\d_]+(?:\d+[^\W\d_]*)*|(?:[^\W\d_]{0,3}\d+)+[^\W\d_]{0,3}")
+_LONG_WORD = re.compile(r"[^\W\d_]{5,}")
 _CAMEL = re.compile(r"[A-Za-z][a-z]*(?:[A-Z]+[a-z]*)+")  # iPhone, JavaScript, PostgreSQL, macOS
 
 
@@ -213,7 +215,7 @@ def _reads_as_word(word: str) -> bool:
         letters = "".join(ch for ch in part if ch.isalpha())
         if letters.lower() == letters.upper():  # no cased letters (Chinese, Arabic, digits): any mix is fine
             continue
-        if not _WORD_PART.fullmatch(part):  # digits inside letters: "5HVSRQVH"
+        if not _WORD_PART.fullmatch(part):
             return False
         if not (letters.islower() or letters.isupper() or letters.istitle() or len(letters) <= 2
                 or _CAMEL.fullmatch(letters)):
@@ -225,17 +227,20 @@ def text_quality(text: str) -> float:
     """How much of `text` reads as text: 0.0 (garbage) .. 1.0 (clean); 1.0 when it has no words.
 
     The share of words that look like words (`_reads_as_word`: no control/private-use/replacement
-    characters, letters cased as words are, no digits inside letters), times a vowel factor for
-    Latin script: text in English, German, French... has 35-42% vowels (aeiouy) among its letters,
-    a font without a Unicode map read as shifted glyph codes ~18%. Measured: handbook, SQLite docs,
-    code, German/Russian/Chinese pages 0.95-1.0; shifted-code text 0.45; control-code text 0.0.
+    characters, letters cased as words are, digits only in codes), times a vowel factor for Latin
+    script: words of 5+ letters in English, German, French... are 35-42% vowels (aeiouy), shifted
+    glyph codes (a font without a Unicode map) ~15%. Measured: handbook, SQLite docs, two PDF manuals,
+    code, parts lists, German/Russian/Chinese pages 0.99-1.0; shifted glyph codes 0.39-0.47; the CID
+    case's control codes 0.0.
+    Fewer than 5 words can't be judged by their shape: only unmapped glyph codes count then.
     """
     words = text.split()
-    if not words:
-        return 1.0
+    if len(words) < 5:
+        chars = [ch for ch in text if not ch.isspace()]
+        return 0.0 if sum(map(_bad_char, chars)) > 0.05 * len(chars) else 1.0
     share = sum(map(_reads_as_word, words)) / len(words)
-    bases = (unicodedata.normalize("NFD", ch)[0].lower() for ch in text if ch.isalpha())  # "é" -> "e"
-    latin = [ch for ch in bases if ch < "\x80"]
+    letters = "".join(_LONG_WORD.findall(text))
+    latin = [base for ch in letters if (base := unicodedata.normalize("NFD", ch)[0].lower()) < "\x80"]
     if len(latin) >= 100:
         vowels = sum(ch in "aeiouy" for ch in latin) / len(latin)
         share *= min(1.0, vowels / 0.30)
@@ -265,7 +270,7 @@ def _page_warnings(status: dict[int, str], tessdata: str | None) -> list[str]:
                         f"(font without a Unicode map?), not indexed: {why}")
     if "ocr" in status.values():
         where, one = pages("ocr")
-        warnings.append(f"{where} read by OCR (Tesseract): check quotes from {'it' if one else 'them'}")
+        warnings.append(f"{where} {'was' if one else 'were'} read by OCR (Tesseract)")
     return warnings
 
 
