@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from agent.prompts import Passage
-from storage.text import split_sentences, terms
+from storage.text import split_sentences, terms, word_count
 
 Embed = Callable[[list[str]], np.ndarray]  # texts -> (n, d) L2-normalized rows
 
@@ -131,7 +131,7 @@ def is_navigation(line: str) -> bool:
         return True
     if _is_table_row(line):  # a row of figures is data, not an index line
         return False
-    if len(words) < 4:
+    if word_count(line) < 4:
         return True
     digits = sum(w.isdigit() for w in words)
     return digits / len(words) > 0.5
@@ -211,7 +211,7 @@ def check_draft(draft: str, question: str, passages: Sequence[Passage], embed: E
         if not novel:
             checks.append(SentenceCheck(bare, None, 0.0, 0.0, False, "echo"))
             continue
-        if len(novel) < MIN_NOVEL_TERMS or len(re.findall(r"\w+", bare)) < 4:
+        if len(novel) < MIN_NOVEL_TERMS or word_count(bare) < 4:
             # "Yes.", "cache = {}", "For example:": too little to check, and nothing a reader needs alone
             checks.append(SentenceCheck(bare, None, 0.0, 0.0, False, "short"))
             continue
@@ -271,6 +271,14 @@ class Quote:
 _SCAFFOLDING = re.compile(r"\bhow (?:much|many|long|often|soon|far|big|fast|large)\b|\b(?:get|gets|got)\b", re.I)
 QUOTE_SEMANTIC_WEIGHT = 0.7  # questions are paraphrased: meaning matters more than shared words
 QUOTE_MAX_CHARS = 400
+
+
+def _join(parts: list[str]) -> str:
+    """Sentences back into text: a space after Western stops, none after CJK full stops (。！？)."""
+    out = parts[0]
+    for part in parts[1:]:
+        out += part if out.endswith(("\u3002", "\uff01", "\uff1f")) else " " + part
+    return out
 
 
 def _words(text: str) -> set[str]:
@@ -340,7 +348,7 @@ def choose_quote(question: str, passages: Sequence[Passage], embed: Embed | None
                 if is_navigation(nxt) or _is_table_row(nxt) or len(" ".join(run + [nxt])) > QUOTE_MAX_CHARS:
                     break
                 run.append(nxt)
-            runs.append((pi, first, " ".join(run)))
+            runs.append((pi, first, _join(run)))
     if not runs:
         return named
     if embed is not None:

@@ -69,6 +69,14 @@ def terms(text: str) -> set[str]:
     return out
 
 
+def word_count(text: str) -> int:
+    """Words in `text` in any script: space-separated words, plus CJK runs at two characters a word (Chinese
+    and Japanese write no spaces, so "出差住宿每晚最高报销600元" is one \\w+ run but a whole sentence)."""
+    text = unicodedata.normalize("NFKC", text)
+    cjk = sum((len(run) + 1) // 2 for run in _CJK.findall(text))
+    return cjk + len(re.findall(r"\w+", _CJK.sub(" ", text)))
+
+
 def token_list(text: str) -> list[str]:
     """`terms` in order with repeats: what BM25 indexes."""
     text = unicodedata.normalize("NFKC", text).lower()

@@ -162,3 +162,17 @@ def test_a_row_is_named_by_its_whole_first_cell_only(embed):
     quote = choose_quote("How many cores does ci-mac-1 have?", hosts, embed)
     assert quote is not None and "ci-mac-1 | macOS 15 | 8" in quote.answer and "ci-mac-2" not in quote.answer
     assert named_rows("How many cores does a mac have?", hosts[0].text) is None  # "mac" names no row
+
+
+CHINESE = [P("出差住宿每晚最高报销600元。超过标准的部分由员工自行承担。", source="baoxiao.md", heading="报销政策 > 住宿"),
+           P("出租车费用必须提供发票，并在三十天内提交报销申请。", source="baoxiao.md", heading="报销政策 > 交通")]
+
+
+def test_chinese_sentences_are_statements_not_navigation(embed):
+    # One \\w+ run, but seven words: an ASCII word count made every Chinese sentence a "short label".
+    assert not is_navigation("出差住宿每晚最高报销600元。") and is_navigation("报销政策")
+    quote = choose_quote("出差住宿每晚最多可以报销多少钱？", CHINESE, embed)
+    assert quote is not None and "600元" in quote.answer and quote.cited == [1]
+    assert "600元。超过" in quote.answer  # CJK sentences are joined without a space
+    checked = check_draft("出差住宿每晚最高报销600元 [1]。", "出差住宿每晚最多可以报销多少钱？", CHINESE, embed)
+    assert checked.supported and "600元" in checked.answer
