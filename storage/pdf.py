@@ -84,8 +84,9 @@ def parse_pdf(path: Path, data: bytes) -> ParsedDocument:
     status = {number: how for number, (_, how) in enumerate(read, 1)}
     warnings = _page_warnings(status, tessdata)
     if not any(pages):
-        if "garbage" in status.values() and tessdata is None:
-            raise ParseError(f"PDF text is unreadable (fonts without a Unicode map?): {NO_TESSERACT}")
+        if "garbage" in status.values():
+            why = NO_TESSERACT if tessdata is None else "OCR found no readable text either"
+            raise ParseError(f"PDF text is unreadable (fonts without a Unicode map?): {why}")
         no_ocr = f"; {NO_TESSERACT} to OCR it" if "scan" in status.values() and tessdata is None else ""
         raise ParseError(f"PDF has no extractable text (scanned images only?){no_ocr}")
 
@@ -124,27 +125,30 @@ def parse_pdf(path: Path, data: bytes) -> ParsedDocument:
 def _read_page(page, flags: int, tessdata: str | None) -> tuple[list[_Line], str]:
     """The page's lines in reading order, and how it was read.
 
-    How: "text" (its text layer), "ocr" (OCR'd), "blank" (no text, nothing to OCR), "scan" (an image
-    without text, not OCR'd or OCR found nothing) or "garbage" (unreadable text layer, left out).
+    How: "text" (its text layer), "ocr" (OCR'd), "partial" (its text layer without the lines that
+    don't read, as no OCR was possible), "blank" (no text, nothing to OCR), "scan" (an image without
+    text, not OCR'd or OCR found nothing) or "garbage" (unreadable text layer, left out).
     """
     lines = _text_lines(page.get_text("dict", flags=flags))
-    if lines and text_quality(" ".join(line.text for line in lines)) >= MIN_QUALITY:
+    readable = [line for line in lines if text_quality(line.text) >= MIN_QUALITY]
+    page_reads = bool(readable) and text_quality(" ".join(line.text for line in readable)) >= MIN_QUALITY
+    if page_reads and len(readable) == len(lines):
         return _reading_order(_with_tables(page, lines)), "text"
-    how = "garbage" if lines else "scan"
     # Only images (a scan) or many vector paths (text drawn as outlines) can hold text to OCR.
-    if how == "scan" and not page.get_images() and len(page.get_cdrawings()) < 20:
+    if not lines and not page.get_images() and len(page.get_cdrawings()) < 20:
         return [], "blank"
-    if tessdata is None:
-        return [], how
-    try:
-        textpage = page.get_textpage_ocr(flags=flags, language=OCR_LANGUAGE, dpi=OCR_DPI, full=True,
-                                         tessdata=tessdata)
-        lines = _text_lines(page.get_text("dict", flags=flags, textpage=textpage))
-    except Exception:  # a broken image or language file fails this page's OCR, not the whole PDF
-        return [], how
-    if lines and text_quality(" ".join(line.text for line in lines)) >= MIN_QUALITY:
-        return _reading_order(lines), "ocr"
-    return [], how
+    if tessdata is not None:
+        try:
+            textpage = page.get_textpage_ocr(flags=flags, language=OCR_LANGUAGE, dpi=OCR_DPI, full=True,
+                                             tessdata=tessdata)
+            ocr = _text_lines(page.get_text("dict", flags=flags, textpage=textpage))
+        except Exception:  # a broken image or language file fails this page's OCR, not the whole PDF
+            ocr = []
+        if ocr and text_quality(" ".join(line.text for line in ocr)) >= MIN_QUALITY:
+            return _reading_order(ocr), "ocr"
+    if page_reads:  # a few lines in a font without a Unicode map: the rest of the page still counts
+        return _reading_order(_with_tables(page, readable)), "partial"
+    return [], "garbage" if lines else "scan"
 
 
 @functools.lru_cache(maxsize=1)
@@ -268,6 +272,11 @@ def _page_warnings(status: dict[int, str], tessdata: str | None) -> list[str]:
         why = "OCR found no readable text either" if tessdata else f"{NO_TESSERACT} to OCR it"
         warnings.append(f"{where} {'has an' if one else 'have'} unreadable text layer "
                         f"(font without a Unicode map?), not indexed: {why}")
+    if "partial" in status.values():
+        where, one = pages("partial")
+        why = "OCR found no readable text" if tessdata else NO_TESSERACT
+        warnings.append(f"{where} {'has' if one else 'have'} lines with an unreadable text layer "
+                        f"(font without a Unicode map?), left out: {why}")
     if "ocr" in status.values():
         where, one = pages("ocr")
         warnings.append(f"{where} {'was' if one else 'were'} read by OCR (Tesseract)")

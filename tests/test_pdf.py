@@ -135,6 +135,35 @@ def test_page_without_unicode_map_is_reported_not_indexed_without_ocr(tmp_path, 
     assert shown.exit_code == 0 and "unreadable text layer" in shown.output, shown.output
 
 
+def cid_page_with_good_lines(path: Path) -> Path:
+    """The CID case's page 1 (four lines in a font without a Unicode map) plus normal lines below."""
+    document = pymupdf.open(CID)
+    page = document[0]
+    for i in range(8):
+        page.insert_text((72, 300 + 16 * i), f"Rule {i + 1}: the on-call rota for team {i + 1} changes every "
+                                             "Monday at nine.", fontsize=11)
+    document.save(path)
+    return path
+
+
+def test_unreadable_lines_on_a_readable_page_are_left_out_without_ocr(tmp_path, no_ocr):
+    doc = parse_file(cid_page_with_good_lines(tmp_path / "mixed.pdf"), LIMIT)
+    text = " ".join(body(doc))
+    assert "Rule 1: the on-call rota for team 1 changes every Monday at nine." in text
+    assert not any(word in text for word in GARBAGE_WORDS)
+    assert doc.warnings[0].startswith("page 1 has lines with an unreadable text layer")
+
+
+@needs_tesseract
+def test_unreadable_lines_on_a_readable_page_are_ocrd(tmp_path):
+    doc = parse_file(cid_page_with_good_lines(tmp_path / "mixed.pdf"), LIMIT)
+    text = " ".join(body(doc))
+    assert "Security incidents must be reported to the on-call engineer within 30 minutes." in text
+    assert "the on-call rota for team 1 changes every Monday" in text
+    assert not any(word in text for word in GARBAGE_WORDS)
+    assert doc.warnings == ["page 1 was read by OCR (Tesseract)"]
+
+
 @needs_tesseract
 def test_scanned_page_is_ocrd(tmp_path):
     badges = ["Badge Policy", "Lost badges are reported within one hour."]
