@@ -210,6 +210,7 @@ _LONG_WORD = re.compile(r"[^\W\d_]{5,}")
 _CAMEL = re.compile(r"[A-Za-z][a-z]*(?:[A-Z]+[a-z]*)+")  # iPhone, JavaScript, PostgreSQL, macOS
 
 
+@functools.lru_cache(maxsize=65536)  # words repeat: each page is measured line by line and whole
 def _reads_as_word(word: str) -> bool:
     if any(_bad_char(ch) for ch in word):
         return False
