@@ -21,6 +21,7 @@ Raises `ParseError` for encrypted, broken or text-less PDFs. Called by `storage.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import glob
 import itertools
@@ -373,7 +374,8 @@ def _reading_order(lines: list[_Line]) -> list[_Line]:
         for line in sorted(group, key=lambda line: (line.bbox[1], stream[id(line)])):
             crosses = line.bbox[0] < left and line.bbox[2] > right
             if crosses and (band_left or band_right):  # a band ends at a spanning line
-                place(band_left), place(band_right)
+                place(band_left)
+                place(band_right)
                 band_left, band_right = [], []
             elif not crosses and spanning:
                 place(spanning)
@@ -396,10 +398,12 @@ def _gutter(lines: list[_Line]) -> tuple[float, float] | None:
     if len(lines) < 4:
         return None
     allowed = max(2, len(lines) // 5)  # lines that may cross it: titles, full-width paragraphs
-    edges = sorted({x for line in lines for x in (line.bbox[0], line.bbox[2])})
+    starts, ends = sorted(line.bbox[0] for line in lines), sorted(line.bbox[2] for line in lines)
+    edges = sorted({*starts, *ends})
     strips: list[tuple[float, float]] = []  # runs of elementary strips (between line edges) few lines cross
     for x0, x1 in itertools.pairwise(edges):
-        if sum(1 for line in lines if line.bbox[0] < x1 and line.bbox[2] > x0) > allowed:
+        # Lines crossing the strip: started at or before x0 and not ended by then.
+        if bisect.bisect_right(starts, x0) - bisect.bisect_right(ends, x0) > allowed:
             continue
         if strips and strips[-1][1] == x0:
             strips[-1] = (strips[-1][0], x1)
