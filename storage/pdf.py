@@ -422,7 +422,8 @@ def _is_gutter(lines: list[_Line], left: float, right: float) -> bool:
         text = [ln for ln in side if not ln.rows]
         if len(text) < 2:
             return False
-        width = max(ln.bbox[2] for ln in text) - min(ln.bbox[0] for ln in text)
+        # Compared with the side's longest line, not its extent: a side may hold several columns.
+        width = max(ln.bbox[2] - ln.bbox[0] for ln in text)
         full = sum(ln.bbox[2] - ln.bbox[0] >= 0.6 * width for ln in text)
         words = sum(len(ln.text.split()) for ln in text) / len(text)
         labels = sum(ln.text.endswith(":") for ln in text)

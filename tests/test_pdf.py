@@ -9,6 +9,7 @@ The OCR tests need Tesseract's English data (`apt-get install tesseract-ocr tess
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 
 import pymupdf
@@ -18,6 +19,7 @@ from storage import pdf
 from storage.config import Settings
 from storage.knowledge import KnowledgeBase
 from storage.parsing import parse_file
+from storage.pdf import parse_pdf
 
 CASES = Path(__file__).parent / "data" / "cases"
 CID = CASES / "pdf-cid-no-tounicode" / "incident-policy.pdf"
@@ -259,6 +261,21 @@ def test_columns_between_a_spanning_title_and_footer_paragraph(tmp_path):
     ]
     text = " ".join(b.text for b in doc.blocks)
     assert "Northwind Weekly" not in text and "Page 1 of 2" not in text  # running header/footer still dropped
+
+
+def test_three_columns_drawn_row_by_row_are_read_left_to_right():
+    columns = ["The cafeteria opens at eight and serves breakfast until ten every weekday morning.",
+               "The library lends laptops to every member of staff for up to three days at a time.",
+               "The gym closes at nine in the evening and stays closed on all public holidays."]
+    wrapped = [textwrap.wrap(text, 28) for text in columns]
+    document = pymupdf.open()
+    page = document.new_page()
+    page.insert_text((150, 90), "Campus bulletin", fontsize=16)
+    for row in range(max(map(len, wrapped))):
+        for lines, x in zip(wrapped, (50, 230, 410)):
+            if row < len(lines):
+                page.insert_text((x, 130 + 13 * row), lines[row], fontsize=9)
+    assert body(parse_pdf(Path("bulletin.pdf"), document.tobytes())) == columns
 
 
 def test_form_labels_stay_next_to_their_values(tmp_path):
