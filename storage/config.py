@@ -57,7 +57,8 @@ class Settings(BaseSettings):
     context_tokens: int = Field(
         480, description="Token budget of the context; prefill dominates time to first token on CPU."
     )
-    min_relevance: float = Field(0.35, description="Below this best dense similarity, the docs don't answer.")
+    min_relevance: float = Field(0.35, description="Below this best dense similarity the model isn't asked: only a "
+                                 "strong quote (min_quote_score + refusal_margin) answers, else the docs don't say.")
     min_quote_score: float = Field(
         0.5, description="When no sentence of the model's draft is supported, the best passage sentences are quoted "
         "if their match with the question (0.7·cosine + 0.3·term share) reaches this; below it the documents don't say."

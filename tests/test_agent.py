@@ -161,3 +161,21 @@ def test_cli_prints_bracketed_names_and_paths_as_they_are(tmp_path, monkeypatch)
         assert "[team] home" in config.output, config.output
     finally:
         get_settings.cache_clear()
+
+
+def test_a_strong_sentence_in_a_diluted_chunk_is_quoted_not_refused(settings):
+    """shared/cases/pdf-two-column-stream-order: the Security paragraph shares its chunk with Parking, so the
+    chunk's cosine to the question sits under min_relevance; the model is not asked, but the sentence that
+    answers is quoted. An unrelated question over the same chunk is still refused."""
+    from pathlib import Path
+
+    newsletter = Path(__file__).parent / "data" / "cases" / "pdf-two-column-stream-order" / "newsletter.pdf"
+    agent = Agent(settings)
+    assert not agent.kb.ingest([newsletter]).failed
+    question = "When must lost badges be reported?"
+    assert agent.retriever.search(question, k=5).best_dense < settings.min_relevance  # the case's premise
+    result = agent.answer(question, record=False)
+    assert result.produced_by == "quote" and "within one hour" in result.answer
+    assert result.citations[0]["source"] == "newsletter.pdf" and result.citations[0]["page"] == 1
+    unrelated = agent.answer("What is the office wifi password?", record=False)
+    assert unrelated.produced_by == "refusal"
