@@ -2,10 +2,49 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from storage.config import Settings
 from storage.db import Store
+
+
+def retriever_gate_numbers(metrics: dict[str, Any] | str | None) -> dict[str, Any]:
+    """A retriever's gate result in a few numbers (training/retriever.py stores the full report): its
+    hit@1, hit@5 and MRR on the gate's questions, the same for what served when it was gated, the paired
+    hit@1 delta with its 95% interval and sign-test p, and the verdict."""
+    if isinstance(metrics, str):
+        metrics = json.loads(metrics)
+    if not metrics:
+        return {}
+    out = {k: metrics[k] for k in ("n", "hit@1", "hit@5", "mrr") if k in metrics}
+    reference = (metrics.get("compared") or {}).get("serving") or {}
+    if reference:
+        out["vs"] = reference.get("label")
+        out.update({f"vs {k}": reference[k] for k in ("hit@1", "hit@5", "mrr") if k in reference})
+    decision = metrics.get("decision") or {}
+    if decision:
+        out.update({"delta hit@1": decision.get("delta"), "ci95": [decision.get("ci_low"), decision.get("ci_high")],
+                    "p": decision.get("p_value"), "promote": decision.get("promote")})
+    return out
+
+
+def retriever_status(store: Store) -> dict[str, Any]:
+    """The serving retriever ("base" = the configured embedder) with its gate numbers, the newest candidate's
+    verdict when it is not the one serving, and a switch in progress (its collection being built)."""
+    rows = store.query("SELECT version, status, index_state, metrics, promoted_at FROM retrievers ORDER BY version DESC")
+    serving = max((r for r in rows if r["status"] == "promoted"), key=lambda r: r["promoted_at"] or "", default=None)
+    out: dict[str, Any] = {
+        "retriever": serving["version"] if serving else "base",
+        "retriever_metrics": retriever_gate_numbers(serving["metrics"]) if serving else None,
+    }
+    if rows and rows[0] is not serving:
+        out["retriever_latest"] = {"version": rows[0]["version"], "status": rows[0]["status"],
+                                   **retriever_gate_numbers(rows[0]["metrics"])}
+    building = [r["version"] for r in rows if r["index_state"] == "building"]
+    if building:
+        out["retriever_switch"] = f"{building[0]}: re-embedding the corpus into its collection"
+    return out
 
 
 def collect_status(settings: Settings, store: Store | None = None) -> dict[str, Any]:
@@ -31,6 +70,7 @@ def collect_status(settings: Settings, store: Store | None = None) -> dict[str, 
         "thumbs_up_rate_this_week": round(up / total, 3) if total else None,
         "adapter": promoted["version"] if promoted else None,
         "adapter_metrics": promoted.get("metrics") if promoted else None,
+        **retriever_status(store),
         "backend": settings.backend,
         "model": settings.model or "SmolLM2-135M-Instruct (bundled)",
         "last_ingest_at": store.get_kv("last_ingest_at"),

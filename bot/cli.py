@@ -11,6 +11,7 @@ and each command here only maps arguments onto it and renders the result.
     flywheel distill [--teacher auto] [--max-pairs N] [--json]   # Q&A pairs from new document sections
     flywheel dataset [--json]                       # SFT/DPO/KTO JSONL from pairs and feedback
     flywheel train --dataset DIR [--method sft|dpo] [--max-steps N] [--run-id ID]   # new candidate adapter
+    flywheel train --target retriever [--max-steps N] [--run-id ID]   # new candidate embedder (rNNNN)
     flywheel adapters | promote VERSION [--force] | rollback | gate VERSION [--qa qa.jsonl] [--force]
 """
 
@@ -183,7 +184,8 @@ def chat(thread: Annotated[Optional[str], typer.Option(help="Resume a conversati
 # --- status and settings -------------------------------------------------------------------------
 @app.command()
 def status(as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False) -> None:
-    """Documents, chunks, interactions, feedback and the serving adapter."""
+    """Documents, chunks, interactions, feedback, the serving adapter and the serving retriever with its
+    gate numbers (hit@1, hit@5, MRR against what served before it)."""
     from agent.status import collect_status
 
     info = collect_status(_settings())
@@ -309,15 +311,28 @@ def dataset(as_json: Annotated[bool, typer.Option("--json", help="Print one JSON
 # --- training and the adapter registry ----------------------------------------------------------
 @app.command()
 def train(
-    dataset_dir: Annotated[Path, typer.Option("--dataset", help="Folder with sft_train.jsonl (and dpo.jsonl).")],
+    dataset_dir: Annotated[Optional[Path], typer.Option(
+        "--dataset", help="Folder with sft_train.jsonl (and dpo.jsonl); --target adapter only.")] = None,
+    target: Annotated[str, typer.Option(help="adapter (LoRA on the generator) | retriever (the embedder, from "
+                                        "the distilled train pairs and hard negatives mined from the index)")] = "adapter",
     method: Annotated[str, typer.Option(help="sft | dpo")] = "sft",
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after N optimizer steps (default: epochs).")] = None,
     run_id: Annotated[Optional[str], typer.Option(help="Reuse to resume a crashed run.")] = None,
 ) -> None:
-    """Train a LoRA adapter in a separate process and register it as a candidate."""
+    """Train a LoRA adapter (vNNNN) or a retriever (rNNNN) in a separate process and register it as a
+    candidate."""
     from storage.db import Store
     from training.train import TrainingError, train_adapter
 
+    if target == "retriever":
+        _train_retriever(max_steps, run_id)
+        return
+    if target != "adapter":
+        err.print(f"--target is adapter or retriever, not {escape(target)!r}")
+        raise typer.Exit(2)
+    if dataset_dir is None:
+        err.print("--dataset DIR is required to train an adapter (see `flywheel dataset`)")
+        raise typer.Exit(2)
     settings = _settings()
     settings.ensure_dirs()
     store = Store(settings.db_path)
@@ -333,6 +348,46 @@ def train(
         err.print(f"[red]Training failed:[/] {escape(str(exc))}")
         raise typer.Exit(1) from None
     console.print(f"{record.version} registered as candidate at {escape(str(record.path))} (final loss {record.final_loss})")
+
+
+def _train_retriever(max_steps: int | None, run_id: str | None) -> None:
+    """`flywheel train --target retriever`: mine, train in a child process (a progress bar on a terminal,
+    about ten lines otherwise), register rNNNN as a candidate."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from storage.knowledge import KnowledgeBase
+    from training.cycle import _train_progress
+    from training.retriever import train_retriever
+    from training.train import TrainingError
+
+    settings = _settings()
+    kb = KnowledgeBase(settings)
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    lines = _train_progress(lambda message: err.print(escape(message)))
+    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as progress:
+        task = progress.add_task("Preparing", total=None)
+
+        def mined(what: str, done: int, total: int) -> None:
+            progress.update(task, description=what, completed=done, total=total)
+
+        def step(event: dict) -> None:
+            if event.get("event") == "step":
+                progress.update(task, description=f"training, loss {event.get('loss', 0):.3f}",
+                                completed=event["step"], total=event.get("max_steps"))
+            if not err.is_terminal:
+                lines(event)
+
+        try:
+            record = train_retriever(settings, kb.store, kb, run_id=run_id, max_steps=max_steps, on_event=step,
+                                     on_progress=mined, actor="cli")
+        except TrainingError as exc:
+            err.print(f"[red]Training failed:[/] {escape(str(exc))}")
+            raise typer.Exit(1) from None
+    counts = record.data_counts
+    console.print(f"{record.version} registered as candidate at {escape(record.path)}: {counts.get('pairs')} pairs → "
+                  f"{counts.get('chunk_rows')} (question, chunk, hard negative) rows ({counts.get('mined_negatives')} "
+                  f"negatives mined from the index) + {counts.get('answer_rows')} (question, answer) rows; "
+                  f"final loss {record.final_loss:.4f}. Next: python -m training.retriever gate {record.version}")
 
 
 @app.command()

@@ -1,10 +1,14 @@
-"""One turn of the flywheel: refresh ingest → distill → datasets → train → evaluate → promote.
+"""One turn of the flywheel: refresh ingest → distill → datasets → train → evaluate → promote → retriever.
 
     flywheel cycle [--teacher offline|anthropic] [--max-pairs 64] [--force]
 
 The evaluate step is the gate (training/gate.py) on `gate_questions`: held-out distilled pairs and 👍
 answers (plus any admin QA items passed in); it promotes only a significant gain (`--force` here means
 "train on little new data", never "skip the gate").
+
+After the adapter, unless `retriever_training` is off, the embedder learns from the same distilled pairs
+(training/retriever.py): train → its own gate (hit@1 on held-out questions) → if promoted, its corpus
+collection is built in the background and serving switches once it is complete.
 
 The same function runs from the CLI, the Slack `/flywheel retrain` command and the scheduler.
 Never two cycles at once, even across processes (a file lock the OS releases if a process dies);
@@ -46,6 +50,9 @@ class CycleResult:
     reasons: list[str] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    retriever_version: str | None = None
+    retriever_promoted: bool = False
+    retriever_reasons: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         """One line for Slack and the terminal."""
@@ -54,11 +61,19 @@ class CycleResult:
         if self.status == "skipped":
             return f"Cycle skipped: {'; '.join(self.reasons)}"
         if self.status == "failed":
+            if self.promoted:  # the retriever stage failed after the adapter gate had promoted
+                return (f"Cycle failed during {self.stage}: {self.error}. Adapter {self.adapter_version} was "
+                        "promoted before that; the retriever is unchanged.")
             return f"Cycle failed during {self.stage}: {self.error}. Serving is unchanged."
         verdict = "promoted" if self.promoted else "not promoted"
         why = f" ({'; '.join(self.reasons)})" if self.reasons else ""
         total = sum(self.durations.values())
-        return f"Cycle done in {total / 60:.1f} min: adapter {self.adapter_version} {verdict}{why}."
+        line = f"Cycle done in {total / 60:.1f} min: adapter {self.adapter_version} {verdict}{why}."
+        if self.retriever_version:
+            verdict = "promoted and serving" if self.retriever_promoted else "not promoted"
+            why = f" ({'; '.join(self.retriever_reasons)})" if self.retriever_reasons else ""
+            line += f" Retriever {self.retriever_version} {verdict}{why}."
+        return line
 
 
 def cycle_lock(settings: Settings):
@@ -233,6 +248,8 @@ def _run_locked(settings, store, trigger, teacher_kind, max_pairs, force, max_st
         store.set_kv(TRAINED_UNTIL_KEY, data_cutoff)  # promoted or not, this data has been learned from
         result.metrics = {name: {k: v for k, v in report.items() if isinstance(v, (int, float))}
                           for name, report in reports.items()}
+        if settings.retriever_training:
+            _retriever_stage(settings, store, kb, result, timed, say, trigger, run_id, max_steps, qa_extra)
         result.status = "succeeded"
         say(result.summary())
         return _finish(store, result)
@@ -242,6 +259,51 @@ def _run_locked(settings, store, trigger, teacher_kind, max_pairs, force, max_st
         store.db["training_runs"].update(run_id, {"error": traceback.format_exc()[-4000:]})
         say(result.summary())
         return _finish(store, result, keep_error=True)
+
+
+def _retriever_stage(settings: Settings, store: Store, kb: KnowledgeBase, result: CycleResult,
+                     timed: Callable[[str, Callable[[], Any]], Any], say: Progress, trigger: str, run_id: str,
+                     max_steps: int | None, qa_extra: list[dict[str, Any]] | None) -> None:
+    """Train a retriever on the distilled pairs (hard negatives from today's index), gate it on retrieval
+    and, when it is better, build its collection in the background and switch to it. Answers keep using
+    the old embedder and collection until the switch flips; the cycle waits for it (it holds the lock)."""
+    from training.retriever import gate_retriever, reject, start_switch, train_retriever
+
+    record = timed("retriever_train", lambda: train_retriever(
+        settings, store, kb, run_id=f"{run_id}-retriever", max_steps=max_steps, actor=trigger,
+        on_event=_train_progress(say), on_progress=_step_progress(say)))
+    result.retriever_version = record.version
+    try:
+        decision, reports, vectors = timed("retriever_gate", lambda: gate_retriever(
+            settings, store, kb, record.version, qa_extra, actor=trigger, on_progress=_step_progress(say)))
+    except ValueError as exc:  # no held-out question with a known passage: nothing to decide on
+        reject(store, record.version, trigger, reason=str(exc))
+        result.retriever_reasons = [str(exc)]
+        return
+    result.retriever_reasons = list(decision.reasons)
+    numbers = ("n", "hit@1", "hit@5", "mrr", "dense_hit@1", "dense_hit@5", "dense_mrr", "below_min_relevance")
+    result.metrics["retriever"] = {
+        "version": record.version, "promoted": decision.promote, "reasons": decision.reasons,
+        **{name: {k: report[k] for k in numbers if k in report} | {"label": report["label"]}
+           for name, report in reports.items()},
+        "delta": decision.delta, "ci": [decision.ci_low, decision.ci_high], "p_value": decision.p_value}
+    if decision.promote:
+        timed("retriever_switch", lambda: start_switch(settings, store, record.version, trigger, vectors=vectors,
+                                                       on_progress=_step_progress(say)).wait())
+        result.retriever_promoted = True
+
+
+def _step_progress(say: Progress) -> Callable[[str, int, int], None]:
+    """Relay a (what, done, total) progress callback as about ten lines per phase."""
+    state: dict[str, int] = {}
+
+    def relay(what: str, done: int, total: int) -> None:
+        tenth = int(10 * done / max(total, 1))
+        if tenth > state.get(what, -1):
+            state[what] = tenth
+            say(f"{what}: {done}/{total}")
+
+    return relay
 
 
 def _finish(store: Store, result: CycleResult, keep_error: bool = False) -> CycleResult:
