@@ -4,8 +4,9 @@
 
 Rules:
   * a chunk never spans two sections (blocks with different heading paths, or separated by a heading);
-  * consecutive blocks of a section are packed together up to `max_tokens` (a section may cross PDF
-    pages; `Chunk.page` is the page where the chunk's text starts);
+  * consecutive blocks of a section are packed together up to `max_tokens`, but a chunk does not cross
+    a page break (PDF pages, slides) unless a sentence runs over it: a citation's page is the page its
+    text is on, and `Chunk.page` is the page where the chunk's text starts;
   * a block longer than `max_tokens` is split on sentence boundaries (lines for code, lists and
     tables), a sentence longer than `max_tokens` on words, and a word on characters;
   * consecutive chunks of a section share about `overlap` tokens: whole trailing sentences of the
@@ -56,9 +57,28 @@ def chunk_document(
     for path, blocks in _sections(doc.blocks):
         heading = " > ".join(path) or None
         pieces = [p for index, block in blocks for p in _pieces(block, index, count_tokens, max_tokens)]
-        for text, tokens, page in _pack(pieces, count_tokens, max_tokens, overlap):
-            chunks.append(Chunk(text=text, ord=len(chunks), tokens=tokens, page=page, heading=heading))
+        for run in _page_runs(pieces):
+            for text, tokens, page in _pack(run, count_tokens, max_tokens, overlap):
+                chunks.append(Chunk(text=text, ord=len(chunks), tokens=tokens, page=page, heading=heading))
     return chunks
+
+
+# Prose that stops here ends a sentence: terminal punctuation, then any closing quotes or brackets.
+_SENTENCE_END = re.compile(r"[.!?…:;。！？][\"'”’»)\]]*\s*$")
+
+
+def _page_runs(pieces: list[_Piece]) -> list[list[_Piece]]:
+    """A section's pieces cut at each page break, unless the last piece before the break is prose that
+    stops mid-sentence (the paragraph continues on the next page). Without this a chunk holding the end
+    of page 1 and all of page 2 is cited as page 1, and its page-2 sentences with it. No overlap is
+    carried across a cut, so a chunk never repeats text from another page."""
+    runs: list[list[_Piece]] = [[]]
+    for piece in pieces:
+        last = runs[-1][-1] if runs[-1] else None
+        if last is not None and piece.page != last.page and (last.sep == "\n" or _SENTENCE_END.search(last.text)):
+            runs.append([])
+        runs[-1].append(piece)
+    return [run for run in runs if run]
 
 
 def _sections(blocks: list[Block]) -> Iterator[tuple[tuple[str, ...], list[tuple[int, Block]]]]:

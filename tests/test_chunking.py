@@ -104,15 +104,29 @@ def test_giant_word_is_split_on_characters():
     assert "".join(c.text for c in chunks) == "x" * 1000
 
 
-def test_page_is_where_the_chunk_starts():
+def test_a_chunk_does_not_cross_a_page_break_between_sentences():
+    """Short pages of one section are not packed together: a chunk holding the end of page 1 and page 2
+    would be cited as page 1 for page 2's sentences too (the mixed-folder scan's case)."""
     doc = doc_of(
         Block(sentence(1, 20), page=1, heading_path=("Sec",)),
         Block(sentence(2, 20), page=2, heading_path=("Sec",)),
         Block(sentence(3, 20), page=3, heading_path=("Sec",)),
         kind="pdf",
     )
-    chunks = chunk_document(doc, words, max_tokens=45, overlap=0)
-    assert [(c.page, c.text.split()[0]) for c in chunks] == [(1, "S1"), (3, "S3")]  # a chunk may cross pages
+    chunks = chunk_document(doc, words, max_tokens=45, overlap=10)
+    assert [(c.page, c.text) for c in chunks] == [(1, sentence(1, 20)), (2, sentence(2, 20)), (3, sentence(3, 20))]
+
+
+def test_a_sentence_running_over_a_page_break_keeps_its_chunk_which_starts_on_the_first_page():
+    doc = doc_of(
+        Block(sentence(1, 10) + " The paragraph goes on", page=1, heading_path=("Sec",)),
+        Block("past the page break. " + sentence(2, 10), page=2, heading_path=("Sec",)),
+        Block(sentence(3, 10), page=3, heading_path=("Sec",)),
+        kind="pdf",
+    )
+    chunks = chunk_document(doc, words, max_tokens=100, overlap=0)
+    assert [(c.page, c.text.split()[0]) for c in chunks] == [(1, "S1"), (3, "S3")]
+    assert "goes on\n\npast the page break." in chunks[0].text
 
 
 def test_code_blocks_split_on_lines_and_keep_newlines():
