@@ -93,7 +93,9 @@ class VectorIndex:
         recorded = meta.get(MODEL_KEY)
         if recorded is None:
             # Written before collections recorded their model: by the configured embedder, the only one then.
-            self.collection.modify(metadata={**meta, MODEL_KEY: self.model, RETRIEVER_KEY: retriever or "base"})
+            # (hnsw:* keys can't be re-set; the space lives in the configuration anyway.)
+            kept = {k: v for k, v in meta.items() if not k.startswith("hnsw:")}
+            self.collection.modify(metadata={**kept, MODEL_KEY: self.model, RETRIEVER_KEY: retriever or "base"})
         elif recorded != self.model:
             raise EmbeddingMismatchError(
                 f"Chroma collection {self.name!r} holds vectors of {recorded!r}, not of {self.model!r}; refusing "

@@ -28,6 +28,7 @@ from training.gate import Decision
 from training.registry import RegistryError
 from training.retriever import (
     compare,
+    compare_retrievers,
     gate_retriever,
     get_retriever,
     register,
@@ -294,6 +295,12 @@ def test_promotion_reembeds_into_a_new_collection_while_the_old_one_answers_then
     assert audit["reused"] == before and audit["embedded"] >= 1  # the gate's vectors, plus the late chunks
     parking = bot.retriever.search("Where do visitors park?").hits
     assert parking and parking[0].source == "late.md"
+
+    # The README's measurement: the two on the admin's questions only, read back from both collections.
+    measured, pair = compare_retrievers(settings, store, kb, "r0001", "base", _sample_qa(), heldout=False)
+    assert pair["candidate"]["n"] == measured.paired == len(_sample_qa()) and pair["serving"]["label"] == "base"
+    assert {i["origin"] for i in pair["candidate"]["items"]} == {"qa"}
+    assert pair["candidate"]["hit@1"] > pair["serving"]["hit@1"]
 
     from typer.testing import CliRunner
 

@@ -7,6 +7,7 @@
     python -m training.retriever promote r0002 [--force]   # re-embed into its own collection, then switch
     python -m training.retriever rollback                    # back to the retriever (or base) served before
     python -m training.retriever list
+    python -m training.retriever compare r0002 --against base --qa qa.jsonl --no-heldout   # JSON, nothing applied
 
     record = train_retriever(settings, store, kb)                        # RetrieverRecord("r0002", candidate)
     decision, reports, vectors = gate_retriever(settings, store, kb, "r0002", qa)
@@ -479,7 +480,7 @@ def train_retriever(
 
 
 # --- the gate ------------------------------------------------------------------------------------
-def gate_items(store: Store, qa: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+def gate_items(store: Store, qa: list[dict[str, Any]] | None = None, *, heldout: bool = True) -> list[dict[str, Any]]:
     """The questions the retriever gate ranks, each with the set of chunk ids that answer it:
     distilled held-out pairs (their chunk + chunks of the same document that support the answer), then
     admin QA items that name a `source` and/or `pages` (any chunk there). Held-out refusal pairs come as
@@ -500,8 +501,8 @@ def gate_items(store: Store, qa: list[dict[str, Any]] | None = None) -> list[dic
         return {c["id"] for c, have in by_document[document_id]
                 if len(wanted & have) >= 0.5 * len(wanted) and is_supported(answer, c["text"])}
     items: list[dict[str, Any]] = []
-    for pair in store.query("SELECT id, chunk_id, question, answer FROM qa_pairs WHERE split = 'heldout' "
-                            "ORDER BY id"):
+    pairs = store.query("SELECT id, chunk_id, question, answer FROM qa_pairs WHERE split = 'heldout' ORDER BY id")
+    for pair in pairs if heldout else []:
         chunk = by_id.get(pair["chunk_id"])
         if chunk is None:
             continue
@@ -546,24 +547,46 @@ def embed(embedder: Any, texts: list[str], what: str, on_progress: Progress = _q
     return np.concatenate(parts) if parts else np.zeros((0, embedder.dimension), dtype=np.float32)
 
 
-def stored_vectors(settings: Settings, store: Store, target: DenseTarget, ids: list[str],
+def corpus_vectors(settings: Settings, store: Store, target: DenseTarget, ids: list[str], texts: list[str],
                    on_progress: Progress = _quiet) -> np.ndarray:
-    """The serving collection's vectors for `ids` (what it is searched with), re-embedding only chunks
-    it lacks. Read back rather than recomputed: the serving side of the gate costs no corpus pass."""
+    """(len(ids), dim) vectors of the corpus as `target` would search it: read back from its collection
+    when it has one (the serving side of a gate costs no corpus pass), embedding only what it lacks;
+    embedded in memory otherwise — nothing is indexed to gate. `texts` are the chunks as embedded."""
     from storage.embeddings import get_embedder
 
     embedder = get_embedder(target.model)
-    index = VectorIndex(settings, target.collection, target.model, target.version)
-    index.check_model(embedder.identity)
-    found = index.vectors(ids)
-    missing = [i for i in ids if i not in found]
+    found: dict[str, np.ndarray] = {}
+    names = {c if isinstance(c, str) else c.name for c in chroma_client(settings).list_collections()}
+    if target.collection in names:
+        index = VectorIndex(settings, target.collection, target.model, target.version)
+        index.check_model(embedder.identity)
+        found = index.vectors(ids)
+    missing = [n for n, i in enumerate(ids) if i not in found]
     if missing:
-        rows = {r["id"]: r for r in store.query(
-            f"SELECT id, source, heading, text FROM chunks WHERE id IN ({','.join('?' * len(missing))})", tuple(missing))}
-        vectors = embed(embedder, [embedding_text(rows[i]["source"], rows[i]["heading"], rows[i]["text"])
-                                   for i in missing], "embedding chunks missing from the serving collection", on_progress)
-        found.update(zip(missing, vectors))
+        vectors = embed(embedder, [texts[n] for n in missing], f"embedding the corpus with {target.label}", on_progress)
+        found.update(zip([ids[n] for n in missing], vectors))
     return np.stack([found[i] for i in ids]) if ids else np.zeros((0, embedder.dimension), dtype=np.float32)
+
+
+def rank_pair(settings: Settings, store: Store, kb: Any, candidate: DenseTarget, reference: DenseTarget,
+              items: list[dict[str, Any]], on_progress: Progress = _quiet
+              ) -> tuple[dict[str, dict[str, Any]], dict[str, np.ndarray]]:
+    """Both embedders' reports on `items` ({"candidate", "serving"}: see rank_items), each fused with the
+    same BM25 ranking, and the candidate's corpus vectors by chunk id (a switch to it reuses them)."""
+    from storage.embeddings import get_embedder
+
+    chunk_ids, texts = corpus(store)
+    questions = [i["question"] for i in items]
+    lexical = [[cid for cid, _ in kb.lexical.query(q, settings.candidates)] for q in questions]
+    reports: dict[str, dict[str, Any]] = {}
+    vectors: dict[str, np.ndarray] = {}
+    for name, target in (("candidate", candidate), ("serving", reference)):
+        chunk_vectors = corpus_vectors(settings, store, target, chunk_ids, texts, on_progress)
+        question_vectors = get_embedder(target.model).encode(questions)
+        reports[name] = rank_items(settings, items, question_vectors, chunk_ids, chunk_vectors, lexical, target.label)
+        if name == "candidate":
+            vectors = dict(zip(chunk_ids, chunk_vectors))
+    return reports, vectors
 
 
 def rank_items(settings: Settings, items: list[dict[str, Any]], question_vectors: np.ndarray,
@@ -688,28 +711,14 @@ def gate_retriever(
     candidate with decision.promote in its metrics until `start_switch` has built its collection.
     Returns (decision, {"candidate", "serving"} reports, the candidate's corpus vectors by chunk id, for
     the switch to reuse)."""
-    from storage.embeddings import get_embedder
-
     record = get_retriever(store, version)
     items = gate_items(store, qa)
     if not [i for i in items if not i.get("unanswerable")]:
         raise ValueError("the retriever gate needs held-out questions (distill some documents) or QA items "
                          "with sources/pages")
-    serving = serving_target_of(settings, store)
-    chunk_ids, texts = corpus(store)
-    questions = [i["question"] for i in items]
-    lexical = [[cid for cid, _ in kb.lexical.query(q, settings.candidates)] for q in questions]
-    candidate_embedder = get_embedder(record.path)
     started = time.perf_counter()
-    candidate_vectors = embed(candidate_embedder, texts, f"embedding the corpus with {version}", on_progress)
-    serving_vectors = stored_vectors(settings, store, serving, chunk_ids, on_progress)
-    serving_embedder = get_embedder(serving.model)
-    reports = {
-        "candidate": rank_items(settings, items, candidate_embedder.encode(questions), chunk_ids,
-                                candidate_vectors, lexical, version),
-        "serving": rank_items(settings, items, serving_embedder.encode(questions), chunk_ids,
-                              serving_vectors, lexical, serving.label),
-    }
+    reports, vectors = rank_pair(settings, store, kb, record.target(), serving_target_of(settings, store), items,
+                                 on_progress)
     decision = compare(reports["candidate"], reports["serving"], settings.promote_margin, settings.guard_tolerance,
                        min_items=settings.gate_min_items, force=force)
     seconds = round(time.perf_counter() - started, 1)
@@ -719,7 +728,25 @@ def gate_retriever(
     store.audit(actor, "retriever.gate", {"version": version, **asdict(decision)})
     if apply and not decision.promote:
         reject(store, version, actor, reason="; ".join(decision.reasons))
-    return decision, reports, dict(zip(chunk_ids, candidate_vectors))
+    return decision, reports, vectors
+
+
+def compare_retrievers(settings: Settings, store: Store, kb: Any, candidate: str, reference: str = "base",
+                       qa: list[dict[str, Any]] | None = None, *, heldout: bool = True,
+                       on_progress: Progress = _quiet) -> tuple[Decision, dict[str, dict[str, Any]]]:
+    """Any two retrievers ("base" = the configured embedder) ranked on the gate's questions, or only on
+    `qa` with heldout=False (e.g. human-written questions): the gate's report and verdict, nothing
+    recorded or applied. How the README's before/after retrieval numbers are measured."""
+    def target(name: str) -> DenseTarget:
+        return base_target(settings) if name == "base" else get_retriever(store, name).target()
+
+    items = gate_items(store, qa, heldout=heldout)
+    if not [i for i in items if not i.get("unanswerable")]:
+        raise ValueError("no questions with a known passage to rank")
+    reports, _ = rank_pair(settings, store, kb, target(candidate), target(reference), items, on_progress)
+    decision = compare(reports["candidate"], reports["serving"], settings.promote_margin, settings.guard_tolerance,
+                       min_items=settings.gate_min_items)
+    return decision, reports
 
 
 # --- the serving switch --------------------------------------------------------------------------
@@ -901,6 +928,11 @@ def main(argv: list[str] | None = None) -> int:
     promote.add_argument("version")
     promote.add_argument("--force", action="store_true", help="even a version the gate rejected")
     sub.add_parser("rollback", help="serve the previous retriever (or the configured embedder) again")
+    measure = sub.add_parser("compare", help="two retrievers on the gate's questions or a QA file; JSON, nothing applied")
+    measure.add_argument("candidate", help="rNNNN or base")
+    measure.add_argument("--against", default="base", help="rNNNN or base (default)")
+    measure.add_argument("--qa", action="append", type=Path, help="QA JSONL with source/pages (repeatable)")
+    measure.add_argument("--no-heldout", action="store_true", help="only the --qa questions")
     sub.add_parser("list", help="registered retrievers")
     args = parser.parse_args(argv)
     if args.command == "fit":
@@ -935,6 +967,14 @@ def main(argv: list[str] | None = None) -> int:
             if decision.promote and not args.no_apply:
                 start_switch(settings, store, args.version, "cli", vectors=vectors, on_progress=show).wait()
                 print(f"{args.version} is serving")
+        elif args.command == "compare":
+            from agent.evaluate import load_qa
+
+            decision, reports = compare_retrievers(settings, store, KnowledgeBase(settings, store), args.candidate,
+                                                   args.against, load_qa(args.qa) if args.qa else [],
+                                                   heldout=not args.no_heldout, on_progress=show)
+            print(json.dumps({"decision": asdict(decision),
+                              **{name: {k: v for k, v in r.items() if k != "items"} for name, r in reports.items()}}))
         elif args.command == "promote":
             start_switch(settings, store, args.version, "cli", force=args.force, on_progress=show).wait()
             print(f"{args.version} is serving")
