@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FLYWHEEL_", extra="ignore", validate_default=True)
 
     # --- where state lives -------------------------------------------------------------------
-    home: Path = Field(default_factory=_default_home, description="All state: SQLite, Chroma, models, adapters.")
+    home: Path = Field(default_factory=_default_home, description="All state: SQLite, Chroma, models, adapters, retrievers.")
 
     # --- knowledge base ------------------------------------------------------------------------
     embedding_model: str = Field("", description="Sentence-transformers id or path; empty = bundled all-MiniLM-L6-v2.")
