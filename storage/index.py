@@ -179,6 +179,11 @@ class DenseTarget:
         return self.version or "base"
 
 
+def base_target(settings: Settings) -> DenseTarget:
+    """The configured embedder and its collection: what serves while no retriever is promoted."""
+    return DenseTarget(None, settings.embedding_model, collection_name(settings, None))
+
+
 class DenseIndex:
     """An embedder and the collection of its vectors, opened and swapped as one object, so a query is never
     embedded by one model and searched among another model's vectors."""

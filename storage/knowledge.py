@@ -30,8 +30,8 @@ from storage.index import (
     IndexedChunk,
     LexicalIndex,
     VectorIndex,
+    base_target,
     chroma_client,
-    collection_name,
     embedding_text,
 )
 from storage.parsing import SUPPORTED_SUFFIXES, parse_file
@@ -104,7 +104,7 @@ def serving_target(settings: Settings, store: Store) -> DenseTarget:
                        "ORDER BY promoted_at DESC LIMIT 1")
     if rows:
         return DenseTarget(rows[0]["version"], rows[0]["path"], rows[0]["collection"])
-    return DenseTarget(None, settings.embedding_model, collection_name(settings, None))
+    return base_target(settings)
 
 
 class KnowledgeBase:
@@ -117,6 +117,7 @@ class KnowledgeBase:
         self.lexical = LexicalIndex(settings)
         self._dense: DenseIndex | None = None
         self._dense_lock = threading.Lock()
+        self._broken: DenseTarget | None = None  # a target that failed to open (not retried per search)
 
     @property
     def embedder(self):
@@ -130,11 +131,23 @@ class KnowledgeBase:
     def dense(self) -> DenseIndex:
         """The serving embedder with its collection, re-read from the registry on every access (one SQLite
         query) so a running bot follows a promotion or rollback at its next search, without a restart. A
-        caller keeps the object it got for a whole query: a switch never changes a search half-way."""
+        caller keeps the object it got for a whole query: a switch never changes a search half-way.
+
+        If the new pair can't be opened (model folder gone, a collection written by another model:
+        EmbeddingMismatchError), a warning is logged and the pair already serving goes on serving, as a
+        broken adapter is handled; with nothing serving yet, the error is raised."""
         target = serving_target(self.settings, self.store)
         with self._dense_lock:
-            if self._dense is None or self._dense.target != target:
+            if self._dense is not None and (self._dense.target == target or self._broken == target):
+                return self._dense
+            try:
                 self._dense = DenseIndex(self.settings, target)
+            except Exception:
+                if self._dense is None:
+                    raise
+                log.warning("retriever %s (%s in %s) could not be opened; still serving %s", target.label,
+                            target.model, target.collection, self._dense.target.label, exc_info=True)
+                self._broken = target
             return self._dense
 
     @property

@@ -350,13 +350,16 @@ def test_a_collection_is_never_searched_with_another_models_vectors(tiny_setting
     with pytest.raises(EmbeddingMismatchError, match="query embedded by 'bundled:all-MiniLM-L6-v2'"):
         kb.vectors.query(np.zeros(384, dtype=np.float32), 5, model="bundled:all-MiniLM-L6-v2")
 
-    # A registry row that would serve MiniLM from the tiny model's collection: the search refuses to run.
+    # A registry row that would serve MiniLM from the tiny model's collection: a fresh process refuses to
+    # search; a running one keeps serving the consistent pair it has, and says which one served.
     with store.lock:
         store.db["retrievers"].insert({
             "version": "r0009", "path": str(bundled_embedding_model()), "base_model": "x", "collection": "chunks",
             "status": "promoted", "index_state": "ready", "created_at": "2026-01-01", "promoted_at": "2026-01-01"})
     with pytest.raises(EmbeddingMismatchError, match="'chunks' holds vectors of"):
-        Retriever(kb).search(QUESTION)
+        Retriever(KnowledgeBase(tiny_settings, store)).search(QUESTION)
+    running = Retriever(kb).search(QUESTION)
+    assert running.retriever == "base" and running.hits and kb.dense.embedder.identity == tiny
     with store.lock:
         store.db.execute("DELETE FROM retrievers")
 

@@ -81,7 +81,16 @@ from agent.prompts import says_not_found
 from storage.config import Settings
 from storage.db import Store, _json, new_id, now
 from storage.embeddings import model_identity, resolve_embedding_model
-from storage.index import DenseTarget, IndexedChunk, VectorIndex, chroma_client, collection_name, embedding_text
+from storage.index import (
+    DenseTarget,
+    IndexedChunk,
+    VectorIndex,
+    base_target,
+    chroma_client,
+    collection_name,
+    embedding_text,
+)
+from storage.knowledge import serving_target
 from training.gate import CONFIDENCE, Decision, paired_bootstrap, sign_test
 from training.registry import RegistryError
 from training.sft import emit, last_checkpoint, make_callback, set_threads
@@ -152,15 +161,6 @@ def serving_retriever(store: Store) -> RetrieverRecord | None:
     """The promoted retriever (its collection is complete); None when the configured embedder serves."""
     rows = store.query("SELECT * FROM retrievers WHERE status = 'promoted' ORDER BY promoted_at DESC LIMIT 1")
     return RetrieverRecord.from_row(rows[0]) if rows else None
-
-
-def base_target(settings: Settings) -> DenseTarget:
-    return DenseTarget(None, settings.embedding_model, collection_name(settings, None))
-
-
-def serving_target_of(settings: Settings, store: Store) -> DenseTarget:
-    record = serving_retriever(store)
-    return record.target() if record else base_target(settings)
 
 
 def next_version(settings: Settings, store: Store) -> str:
@@ -717,7 +717,7 @@ def gate_retriever(
         raise ValueError("the retriever gate needs held-out questions (distill some documents) or QA items "
                          "with sources/pages")
     started = time.perf_counter()
-    reports, vectors = rank_pair(settings, store, kb, record.target(), serving_target_of(settings, store), items,
+    reports, vectors = rank_pair(settings, store, kb, record.target(), serving_target(settings, store), items,
                                  on_progress)
     decision = compare(reports["candidate"], reports["serving"], settings.promote_margin, settings.guard_tolerance,
                        min_items=settings.gate_min_items, force=force)
@@ -832,7 +832,7 @@ def switch(settings: Settings, store: Store, version: str | None, actor: str, *,
             raise RegistryError(f"{version} was rejected by the retriever gate; promote it with force=True to override")
         if record is not None and not (Path(record.path) / "modules.json").is_file():
             raise RegistryError(f"{version}: model folder {record.path} is missing or incomplete")
-        previous = serving_target_of(settings, store)
+        previous = serving_target(settings, store)
         target = record.target() if record else base_target(settings)
         if target == previous:
             return record
