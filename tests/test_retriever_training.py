@@ -31,6 +31,7 @@ from training.retriever import (
     compare_retrievers,
     gate_retriever,
     get_retriever,
+    random_negative,
     register,
     start_rollback,
     start_switch,
@@ -164,6 +165,18 @@ def test_training_writes_r0001_and_a_crashed_run_resumes(tiny_settings, monkeypa
         mine, other = chunks[row["chunk_id"]], chunks[row["negative_id"]]
         assert (mine["source"], mine["heading"]) != (other["source"], other["heading"])
         assert other["text"] in row["negative"] and mine["text"] in row["positive"]
+
+
+def test_random_negative_comes_from_another_document_else_another_section():
+    pair = {"chunk_id": "a1", "chunk_document": "A", "source": "a.md", "heading": "Intro"}
+    chunks = [{"id": f"a{i}", "document_id": "A", "source": "a.md", "heading": "Intro"} for i in range(30)]
+    rng = random.Random(0)
+    assert random_negative(pair, chunks + [{"id": "b1", "document_id": "B", "source": "b.md", "heading": None}],
+                           rng)["id"] == "b1"
+    other_section = {"id": "a99", "document_id": "A", "source": "a.md", "heading": "Setup"}
+    assert random_negative(pair, chunks + [other_section], rng)["id"] == "a99"  # one document: another section
+    assert random_negative(pair, chunks, rng)["id"] != "a1"  # one section only: any chunk but its own
+    assert random_negative(pair, [c for c in chunks if c["id"] == "a1"], rng) is None
 
 
 # --- the gate ------------------------------------------------------------------------------------

@@ -239,6 +239,17 @@ def hard_negative(pair: dict[str, Any], hits: list[Any]) -> Any | None:
     return None
 
 
+def random_negative(pair: dict[str, Any], chunks: list[dict[str, Any]], rng: random.Random) -> dict[str, Any] | None:
+    """A random chunk of another document (tried by sampling), else of another section, else any other."""
+    for _ in range(50):
+        pick = rng.choice(chunks)
+        if pick["document_id"] != pair["chunk_document"]:
+            return pick
+    others = [c for c in chunks if (c["source"], c["heading"] or "") != (pair["source"], pair["heading"] or "")]
+    others = others or [c for c in chunks if c["id"] != pair["chunk_id"]]
+    return rng.choice(others) if others else None
+
+
 def build_rows(settings: Settings, store: Store, kb: Any, *, seed: int = 0,
                on_progress: Progress = _quiet) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """The training rows (see the module docstring) and their counts. One hybrid search per pair."""
@@ -247,7 +258,7 @@ def build_rows(settings: Settings, store: Store, kb: Any, *, seed: int = 0,
     pairs = training_pairs(settings, store)
     retriever = Retriever(kb)
     rng = random.Random(seed)
-    all_chunks = store.query("SELECT id, document_id, source, heading, text FROM chunks")
+    chunks: list[dict[str, Any]] = []  # loaded on the first pair with nothing to mine
     rows: list[dict[str, Any]] = []
     counts = {"pairs": len(pairs), "chunk_rows": 0, "answer_rows": 0, "mined_negatives": 0, "random_negatives": 0}
     for number, pair in enumerate(pairs, start=1):
@@ -257,12 +268,8 @@ def build_rows(settings: Settings, store: Store, kb: Any, *, seed: int = 0,
             neg = {"id": negative.chunk_id, "text": embedding_text(negative.source, negative.heading, negative.text),
                    "from": "mined"}
         else:
-            others = [c for c in all_chunks if c["document_id"] != pair["chunk_document"]]
-            if not others:  # a one-document corpus: any chunk of another section
-                others = [c for c in all_chunks if (c["heading"] or "") != (pair["heading"] or "")]
-            if not others:
-                others = [c for c in all_chunks if c["id"] != pair["chunk_id"]]
-            pick = rng.choice(others) if others else None
+            chunks = chunks or store.query("SELECT id, document_id, source, heading, text FROM chunks")
+            pick = random_negative(pair, chunks, rng)
             neg = {"id": pick["id"], "text": embedding_text(pick["source"], pick["heading"], pick["text"]),
                    "from": "random"} if pick else None
         if neg is not None:
