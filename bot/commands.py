@@ -65,9 +65,24 @@ def status_text(bot: FlywheelBot) -> str:
     if info["adapter_metrics"]:
         metrics = ", ".join(f"{k} {v}" for k, v in dict(info["adapter_metrics"]).items())
         lines.append(f"• Adapter metrics: {metrics}")
+    lines.append(f"• Retriever: {retriever_line(info)}")
     next_run = bot.store.get_kv("next_training_run_at")  # written by the scheduler once it exists
     lines.append(f"• Next scheduled training: {next_run or 'not scheduled'}")
     return "\n".join(lines)
+
+
+def retriever_line(info: dict[str, Any]) -> str:
+    """`r0002 (hit@1 0.86 vs 0.84, p 0.03) · switching: …`: the serving embedder and its gate numbers."""
+    line = info.get("retriever") or "base"
+    if line == "base":
+        line += " (the configured embedder)"
+    numbers = info.get("retriever_metrics") or {}
+    if "hit@1" in numbers:
+        line += f" (hit@1 {numbers['hit@1']}" + (f" vs {numbers['vs hit@1']}" if "vs hit@1" in numbers else "")
+        line += (f", p {numbers['p']}" if numbers.get("p") is not None else "") + ")"
+    if info.get("retriever_switch"):
+        line += f" · switching: {info['retriever_switch']}"
+    return line
 
 
 def ingest_text(bot: FlywheelBot, args: list[str]) -> str:
@@ -163,7 +178,8 @@ def home_view(bot: FlywheelBot, admin: bool, weeks: int = 4) -> dict[str, Any]:
         section(f"*Knowledge base:* {info['documents']} documents, {info['chunks']} chunks · "
                 f"last ingest {info['last_ingest_at'] or 'never'}"),
         section(f"*Answers, last {weeks} weeks*\n" + ("\n".join(week_lines) or "No answers yet.")),
-        section(f"*Serving:* {info['model']} · adapter {info['adapter'] or 'none (base model)'}"),
+        section(f"*Serving:* {info['model']} · adapter {info['adapter'] or 'none (base model)'} · "
+                f"retriever {retriever_line(info)}"),
     ]
     if admin:
         runs = bot.store.query(
