@@ -10,7 +10,7 @@ from storage.db import Store
 
 
 def retriever_gate_numbers(metrics: dict[str, Any] | str | None) -> dict[str, Any]:
-    """A retriever's gate result in a few numbers (training/retriever.py stores the full report): its
+    """A retriever's gate result in a few numbers (training/retriever_gate.py stores the full report): its
     hit@1, hit@5 and MRR on the gate's questions, the same for what served when it was gated, the paired
     hit@1 delta with its 95% interval and sign-test p, and the verdict."""
     if isinstance(metrics, str):

@@ -26,17 +26,9 @@ from storage.knowledge import KnowledgeBase
 from storage.samples import sample_handbook, sample_questions
 from training.gate import Decision
 from training.registry import RegistryError
-from training.retriever import (
-    compare,
-    compare_retrievers,
-    gate_retriever,
-    get_retriever,
-    random_negative,
-    register,
-    start_rollback,
-    start_switch,
-    train_retriever,
-)
+from training.retriever import random_negative, train_retriever
+from training.retriever_gate import compare, compare_retrievers, gate_retriever
+from training.retriever_registry import get_retriever, register, start_rollback, start_switch
 from training.sft import CRASH_ENV
 from training.train import TrainingError
 
