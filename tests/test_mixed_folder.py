@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from storage import pdf
 from storage.config import Settings, get_settings
 from tests.test_office import make_docx, make_pptx, make_xlsx, write_csv
+from tests.test_pdf import scanned_pdf
 
 NEWSLETTER = Path(__file__).parent / "data" / "cases" / "pdf-two-column-stream-order" / "newsletter.pdf"
 HAS_TESSERACT = pdf.tessdata_dir() is not None
@@ -27,22 +28,12 @@ SERVER_ROOM = "The server room door code is changed on the first Monday of every
 CANTEEN = "The canteen’s crème brûlée costs €4.50 on Fridays — staff pay half price."
 
 
-def scanned_pdf(path: Path) -> Path:
+def handbook_scan(path: Path) -> Path:
     """Page 1 has a text layer; page 2 is only a 200 dpi grayscale image of its lines, as scanners write."""
-    out = pymupdf.open()
-    for lines, scanned in ((["Facilities handbook", "Parcels are collected from the mail room."], False),
-                           (["Server Room", SERVER_ROOM], True)):
-        source = pymupdf.open()
-        page = source.new_page()
-        for i, line in enumerate(lines):
-            page.insert_text((72, 160 + 24 * i), line, fontsize=14)
-        if not scanned:
-            out.insert_pdf(source)
-            continue
-        image = page.get_pixmap(dpi=200, colorspace=pymupdf.csGRAY).tobytes("png")
-        out.new_page().insert_image(page.rect, stream=image)
-    assert not out[1].get_text().strip()  # the premise: page 2 has no text layer
-    out.save(path)
+    scanned_pdf(path, [(["Facilities handbook", "Parcels are collected from the mail room."], False),
+                       (["Server Room", SERVER_ROOM], True)])
+    with pymupdf.open(path) as out:
+        assert not out[1].get_text().strip()  # the premise: page 2 has no text layer
     return path
 
 
@@ -67,7 +58,7 @@ def folder(tmp_path_factory) -> Path:
     make_pptx(docs / "review.pptx")
     make_xlsx(docs / "inventory.xlsx")
     write_csv(docs / "owners.csv", [("service", "owner"), ("billing", "Ana"), ("search", "Bo")])
-    scanned_pdf(docs / "scan.pdf")
+    handbook_scan(docs / "scan.pdf")
     shutil.copy(NEWSLETTER, docs / "newsletter.pdf")
     cp1252_html(docs / "canteen.html")
     return docs
