@@ -114,19 +114,13 @@ def gate_questions(store: Store, limit: int, qa: list[dict[str, Any]] | None = N
 
     👍 answers join the SFT train file too (training/dataset.py), so on them the gate measures whether the
     candidate keeps what users liked; the distilled held-out pairs measure generalisation."""
+    from training.gate import unique_questions
+
     admin = [{**item, "origin": item.get("origin", "qa")} for item in qa or []]
     liked = feedback_questions(store, limit)
     heldout = heldout_questions(store, limit)
     take_liked = min(len(liked), max(limit // 2, limit - len(heldout)))
-    chosen = admin + liked[:take_liked] + heldout[: limit - take_liked]
-    seen: set[str] = set()
-    unique = []
-    for item in chosen:
-        key = " ".join(item["question"].casefold().split())
-        if key not in seen:
-            seen.add(key)
-            unique.append(item)
-    return unique
+    return unique_questions(admin + liked[:take_liked] + heldout[: limit - take_liked])
 
 
 TRAINED_UNTIL_KEY = "trained_data_until"  # when the data of the last completed training was gathered

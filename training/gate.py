@@ -288,6 +288,55 @@ def sign_test(better: int, worse: int) -> float:
     return min(1.0, 2 * tail)
 
 
+def paired_decision(pairs: list[tuple[float, float]], reference: str, notes: list[str],
+                    n_items: int) -> Decision:
+    """An undecided Decision on per-item (candidate, reference) scores: the mean gain, its paired bootstrap
+    95% CI and the exact sign test (this gate's and the retriever gate's, training/retriever_gate.py)."""
+    diffs = [c - r for c, r in pairs]
+    better, worse = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
+    delta = round(float(np.mean(diffs)), 4) if diffs else 0.0
+    ci_low, ci_high = paired_bootstrap(diffs)
+    p_value = sign_test(better, worse)
+    return Decision(False, [], reference, delta, notes, ci_low, ci_high, p_value, better, worse, len(pairs),
+                    n_items)
+
+
+def weigh_gain(decision: Decision, n: int, measured: str, margin: float, *, min_items: int, force: bool,
+               unit: str, hint: str) -> bool:
+    """Whether the sample size and the paired gain allow a promotion, each with its reason added to
+    `decision`: at least `min_items` held-out `unit` were scored (or `force`: decision.forced), and the gain
+    is at least `margin` and significant at 95% (bootstrap CI above 0 and sign test p < 0.05). `measured`
+    opens the gain's reason, e.g. "accuracy 0.700 vs v0003 0.600 on 40 answerable items"."""
+    ok = True
+    if n < min_items:
+        if force:
+            decision.forced = True
+            decision.reasons.append(f"only {n} held-out {unit}; need {min_items} (forced: deciding anyway)")
+        else:
+            ok = False
+            decision.reasons.append(f"only {n} held-out {unit}; need {min_items} "
+                                    f"({hint}, or force the decision)")
+    significant = decision.ci_low > 0 and decision.p_value < 1 - CONFIDENCE
+    verdict = ("" if significant and decision.delta >= margin else ": not a significant gain at 95%"
+               if not significant else f": gain below the minimum {margin:.3f}")
+    decision.reasons.append(
+        f"{measured}: Δ {decision.delta:+.3f}, 95% CI [{decision.ci_low:+.3f}, {decision.ci_high:+.3f}], "
+        f"sign test p = {decision.p_value:.3g} ({decision.better} better, {decision.worse} worse){verdict}")
+    return ok and not verdict
+
+
+def unique_questions(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`items` without a question asked again (same words, any case or spacing): the first one stays."""
+    seen: set[str] = set()
+    unique = []
+    for item in items:
+        key = " ".join(item["question"].casefold().split())
+        if key not in seen:
+            seen.add(key)
+            unique.append(item)
+    return unique
+
+
 def _paired_accuracy(candidate: dict[str, Any], reference: dict[str, Any]) -> list[tuple[int, int]]:
     """(candidate, reference) accuracy of each answerable item; the two reports must be on the same items."""
     if candidate.get("qa_hash") != reference.get("qa_hash") or len(candidate["items"]) != len(reference["items"]):
@@ -315,30 +364,11 @@ def compare(
         return Decision(False, ["nothing to compare the candidate with (no current adapter or base results)"], "none")
     ref_label = reference.get("label") or ("current" if current is not None else "base")
     pairs = _paired_accuracy(candidate, reference)
-    diffs = [c - r for c, r in pairs]
-    better, worse = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
-    delta = round(float(np.mean(diffs)), 4) if diffs else 0.0
-    ci_low, ci_high = paired_bootstrap(diffs)
-    p_value = sign_test(better, worse)
-    decision = Decision(False, [], ref_label, delta, judge_notes(candidate, reference, ref_label), ci_low, ci_high,
-                        p_value, better, worse, len(pairs), candidate["n"])
-    ok = True
-    if candidate["n"] < min_items:
-        if force:
-            decision.forced = True
-            decision.reasons.append(f"only {candidate['n']} held-out items; need {min_items} (forced: deciding anyway)")
-        else:
-            ok = False
-            decision.reasons.append(f"only {candidate['n']} held-out items; need {min_items} "
-                                    "(add a --qa file, or force the decision)")
-    significant = ci_low > 0 and p_value < 1 - CONFIDENCE
-    verdict = ("" if significant and delta >= margin else
-               ": not a significant gain at 95%" if not significant else f": gain below the minimum {margin:.3f}")
-    ok = ok and not verdict
-    decision.reasons.append(
-        f"accuracy {candidate['primary']:.3f} vs {ref_label} {reference['primary']:.3f} on {len(pairs)} answerable "
-        f"items: Δ {delta:+.3f}, 95% CI [{ci_low:+.3f}, {ci_high:+.3f}], sign test p = {p_value:.3g} "
-        f"({better} better, {worse} worse){verdict}")
+    decision = paired_decision(pairs, ref_label, judge_notes(candidate, reference, ref_label), candidate["n"])
+    measured = (f"accuracy {candidate['primary']:.3f} vs {ref_label} {reference['primary']:.3f} "
+                f"on {len(pairs)} answerable items")
+    ok = weigh_gain(decision, candidate["n"], measured, margin, min_items=min_items, force=force,
+                    unit="items", hint="add a --qa file")
     for view, metric, better_when in GUARDS:
         cand_value, ref_value = candidate[view].get(metric), reference[view].get(metric)
         if cand_value is None or ref_value is None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,13 +80,19 @@ def current(store: Store) -> AdapterRecord | None:
     return AdapterRecord.from_row(row) if row else None
 
 
+def next_free_version(prefix: str, registered: Iterable[str], folder: Path) -> str:
+    """The next free `<prefix>NNNN`, above every registered version and every folder in `folder` (a crashed
+    run leaves a folder without a row; its number is not reused). Adapters are vNNNN, retrievers rNNNN."""
+    pattern = re.compile(rf"^{re.escape(prefix)}(\d{{4,}})$")
+    numbers = [int(m.group(1)) for version in registered if (m := pattern.match(version))]
+    if folder.is_dir():
+        numbers += [int(m.group(1)) for p in folder.iterdir() if (m := pattern.match(p.name))]
+    return f"{prefix}{max(numbers, default=0) + 1:04d}"
+
+
 def next_version(settings: Settings, store: Store) -> str:
-    """The next free `vNNNN`, above every registered version and every folder on disk (a crashed
-    run leaves a folder without a row; its number is not reused)."""
-    numbers = [int(m.group(1)) for a in store.adapters() if (m := _VERSION.match(a["version"]))]
-    if settings.adapters_dir.is_dir():
-        numbers += [int(m.group(1)) for p in settings.adapters_dir.iterdir() if (m := _VERSION.match(p.name))]
-    return f"v{max(numbers, default=0) + 1:04d}"
+    """The next free adapter version `vNNNN` (see next_free_version)."""
+    return next_free_version("v", [a["version"] for a in store.adapters()], settings.adapters_dir)
 
 
 def register(

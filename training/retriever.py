@@ -72,8 +72,8 @@ from training.retriever_registry import (
     start_switch,
 )
 from training.retriever_registry import reject  # noqa: F401  (training.cycle imports it from here)
-from training.sft import emit, last_checkpoint, make_callback, set_threads
-from training.train import STALL_SECONDS, TrainingError, describe_failure, read_losses, run_process
+from training.sft import emit, last_checkpoint, load_config, make_callback, save_config, set_threads
+from training.train import STALL_SECONDS, TrainingError, finished_run, read_losses, run_process
 
 NEGATIVE_DEPTH = 10  # hits searched per question for a hard negative
 
@@ -158,7 +158,8 @@ def build_rows(settings: Settings, store: Store, kb: Any, *, seed: int = 0,
 # --- the training process ------------------------------------------------------------------------
 @dataclass
 class FitConfig:
-    """One retriever training run; serialised as RUN.json in the version's folder."""
+    """One retriever training run; serialised as RUN.json in the version's folder (training.sft's
+    save_config/load_config, as the adapters' RunConfig)."""
 
     model: str  # the embedder to start from (id or path)
     train_file: str  # train.jsonl: {"kind": "chunk"|"answer", "anchor", "positive", "negative"?}
@@ -174,17 +175,6 @@ class FitConfig:
     keep_checkpoints: bool = False
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)  # run id, data counts
-
-    @classmethod
-    def load(cls, path: str | Path) -> FitConfig:
-        data = json.loads(Path(path).read_text())
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:  # a typo in RUN.json must not silently train with a default
-            raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
-        return cls(**data)
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2))
 
     @property
     def checkpoints_dir(self) -> Path:
@@ -327,20 +317,14 @@ def train_retriever(
                     threads=settings.train_threads, save_steps=max(1, steps // 4),
                     extra={"run_id": run_id, "data_counts": counts})
     run_json = folder / "RUN.json"
-    cfg.save(run_json)
+    save_config(cfg, run_json)
     store.audit(actor, "retriever.train.start", {"version": version, "run_id": run_id, "counts": counts})
     command = [sys.executable, "-m", "training.retriever", "fit", "--config", str(run_json)]
     started = time.perf_counter()
     returncode, _, tail = run_process(command, folder / "train.log", on_event=on_event,
                                       stall_seconds=stall_seconds, env=env)
-    summary_path = folder / "flywheel.json"
-    if returncode != 0 or not summary_path.is_file():
-        reason = describe_failure(returncode) if returncode != 0 else "finished without writing flywheel.json"
-        store.audit(actor, "retriever.train.failed", {"version": version, "run_id": run_id, "returncode": returncode})
-        raise TrainingError(f"retriever training {version} {reason}. Checkpoints and train.log are kept in "
-                            f"{folder}; rerun with run_id={run_id!r} to resume.\n--- last lines of the log ---\n"
-                            + "\n".join(tail))
-    summary = json.loads(summary_path.read_text())
+    summary = finished_run(store, actor, returncode, tail, folder, label=f"retriever training {version}",
+                           failed="retriever.train.failed", version=version, run_id=run_id)
     final = summary.get("final_loss")
     if final is None or not math.isfinite(final):
         store.audit(actor, "retriever.train.failed", {"version": version, "run_id": run_id, "final_loss": final})
@@ -376,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("list", help="registered retrievers")
     args = parser.parse_args(argv)
     if args.command == "fit":
-        fit(FitConfig.load(args.config))
+        fit(load_config(FitConfig, args.config))
         return 0
 
     from agent.status import retriever_gate_numbers

@@ -36,7 +36,7 @@ from storage.config import Settings
 from storage.db import Store
 from storage.index import DenseTarget, VectorIndex, base_target, chroma_client, embedding_text
 from storage.knowledge import serving_target
-from training.gate import CONFIDENCE, Decision, paired_bootstrap, sign_test
+from training.gate import Decision, paired_decision, unique_questions, weigh_gain
 from training.retriever_registry import EMBED_BATCH, Progress, _quiet, _update, get_retriever, reject
 
 
@@ -82,14 +82,7 @@ def gate_items(store: Store, qa: list[dict[str, Any]] | None = None, *, heldout:
         if relevant:  # a file that isn't ingested can't be found by either embedder
             items.append({"id": str(item.get("id") or f"qa{number:03d}"), "origin": item.get("origin", "qa"),
                           "question": item["question"], "relevant": relevant})
-    seen: set[str] = set()
-    unique = []
-    for item in items:
-        key = " ".join(item["question"].casefold().split())
-        if key not in seen:
-            seen.add(key)
-            unique.append(item)
-    return unique
+    return unique_questions(items)
 
 
 def corpus(store: Store) -> tuple[list[str], list[str]]:
@@ -211,33 +204,14 @@ def compare(candidate: dict[str, Any], reference: dict[str, Any], margin: float,
     pairs = [(c["hit@1"], r["hit@1"]) for c, r in zip(candidate["items"], reference["items"]) if c["answerable"]]
     if [c["id"] for c in candidate["items"]] != [r["id"] for r in reference["items"]]:
         raise ValueError("the candidate and the reference were ranked on different questions; can't pair them")
-    diffs = [c - r for c, r in pairs]
-    better, worse = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
-    delta = round(float(np.mean(diffs)), 4) if diffs else 0.0
-    ci_low, ci_high = paired_bootstrap(diffs)
-    p_value = sign_test(better, worse)
     notes = [f"MRR {candidate['mrr']:.3f} vs {reference['mrr']:.3f}; dense only: hit@1 {candidate['dense_hit@1']:.3f} "
              f"vs {reference['dense_hit@1']:.3f}, hit@5 {candidate['dense_hit@5']:.3f} vs {reference['dense_hit@5']:.3f}, "
              f"MRR {candidate['dense_mrr']:.3f} vs {reference['dense_mrr']:.3f}"]
-    decision = Decision(False, [], ref_label, delta, notes, ci_low, ci_high, p_value, better, worse, len(pairs),
-                        candidate["n"] + candidate["unanswerable"])
-    ok = True
-    if candidate["n"] < min_items:
-        if force:
-            decision.forced = True
-            decision.reasons.append(f"only {candidate['n']} held-out questions; need {min_items} (forced: deciding anyway)")
-        else:
-            ok = False
-            decision.reasons.append(f"only {candidate['n']} held-out questions; need {min_items} "
-                                    "(add a --qa file with sources/pages, or force the decision)")
-    significant = ci_low > 0 and p_value < 1 - CONFIDENCE
-    verdict = ("" if significant and delta >= margin else
-               ": not a significant gain at 95%" if not significant else f": gain below the minimum {margin:.3f}")
-    ok = ok and not verdict
-    decision.reasons.append(
-        f"hit@1 {candidate['hit@1']:.3f} vs {ref_label} {reference['hit@1']:.3f} on {len(pairs)} questions: "
-        f"Δ {delta:+.3f}, 95% CI [{ci_low:+.3f}, {ci_high:+.3f}], sign test p = {p_value:.3g} "
-        f"({better} better, {worse} worse){verdict}")
+    decision = paired_decision(pairs, ref_label, notes, candidate["n"] + candidate["unanswerable"])
+    measured = (f"hit@1 {candidate['hit@1']:.3f} vs {ref_label} {reference['hit@1']:.3f} "
+                f"on {len(pairs)} questions")
+    ok = weigh_gain(decision, candidate["n"], measured, margin, min_items=min_items, force=force,
+                    unit="questions", hint="add a --qa file with sources/pages")
     if candidate["hit@5"] < reference["hit@5"]:
         ok = False
         decision.reasons.append(f"hit@5 got lower: {reference['hit@5']:.3f} → {candidate['hit@5']:.3f}")

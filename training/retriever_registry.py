@@ -49,7 +49,7 @@ from storage.index import (
     embedding_text,
 )
 from storage.knowledge import serving_target
-from training.registry import RegistryError
+from training.registry import RegistryError, next_free_version
 
 log = logging.getLogger(__name__)
 
@@ -119,10 +119,7 @@ def serving_retriever(store: Store) -> RetrieverRecord | None:
 
 def next_version(settings: Settings, store: Store) -> str:
     """The next free `rNNNN`, above every registered version and every folder on disk."""
-    numbers = [int(m.group(1)) for r in list_retrievers(store) if (m := _VERSION.match(r.version))]
-    if settings.retrievers_dir.is_dir():
-        numbers += [int(m.group(1)) for p in settings.retrievers_dir.iterdir() if (m := _VERSION.match(p.name))]
-    return f"r{max(numbers, default=0) + 1:04d}"
+    return next_free_version("r", [r.version for r in list_retrievers(store)], settings.retrievers_dir)
 
 
 def _update(store: Store, version: str, **fields: Any) -> None:

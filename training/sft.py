@@ -55,7 +55,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 CRASH_ENV = "FLYWHEEL_TRAIN_CRASH_AFTER_STEP"
 EVENT_PREFIX = "FLYWHEEL "  # stdout lines the parent parses; everything else is log text
@@ -93,19 +93,31 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> RunConfig:
-        data = json.loads(Path(path).read_text())
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:  # a typo in RUN.json must not silently train with a default
-            raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
-        return cls(**data)
+        return load_config(cls, path)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2))
+        save_config(self, path)
 
     @property
     def checkpoints_dir(self) -> Path:
         return Path(self.output_dir) / "checkpoints"
+
+
+Config = TypeVar("Config")
+
+
+def load_config(cls: type[Config], path: str | Path) -> Config:
+    """A RUN.json as the dataclass `cls` (RunConfig, or the retriever's FitConfig)."""
+    data = json.loads(Path(path).read_text())
+    unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:  # a typo in RUN.json must not silently train with a default
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
+    return cls(**data)
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """A run's dataclass config written as RUN.json (read back by load_config)."""
+    Path(path).write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
 
 
 def emit(event: str, **fields: Any) -> None:

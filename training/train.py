@@ -202,6 +202,22 @@ def describe_failure(returncode: int) -> str:
     return f"exited with code {returncode}"
 
 
+def finished_run(store: Store, actor: str, returncode: int, tail: list[str], folder: Path, *, label: str,
+                 failed: str, version: str, run_id: str) -> dict[str, Any]:
+    """The summary (flywheel.json) a finished training process left in `folder`. A process that failed,
+    was killed or hung, or exited without writing it is audited as `failed` and raised as TrainingError:
+    `label`, the reason, where to resume from and the log's tail (adapters' and retrievers' runs alike)."""
+    summary_path = folder / "flywheel.json"
+    if returncode != 0 or not summary_path.is_file():
+        reason = describe_failure(returncode) if returncode != 0 else "finished without writing flywheel.json"
+        store.audit(actor, failed, {"version": version, "run_id": run_id, "returncode": returncode})
+        raise TrainingError(
+            f"{label} {reason}. Checkpoints and train.log are kept in {folder}; "
+            f"rerun with run_id={run_id!r} to resume.\n--- last lines of the log ---\n" + "\n".join(tail)
+        )
+    return json.loads(summary_path.read_text())
+
+
 def read_losses(output_dir: Path) -> list[dict[str, Any]]:
     """The loss curve: one row per logged step with `loss` and, where the held-out set was scored,
     `eval_loss` (a resumed run's rows are de-duplicated by step)."""
@@ -263,15 +279,8 @@ def train_adapter(
     started = time.perf_counter()
     returncode, events, tail = run_process(command, output_dir / "train.log", on_event=progress,
                                            stall_seconds=stall_seconds, env=env)
-    summary_path = output_dir / "flywheel.json"
-    if returncode != 0 or not summary_path.is_file():
-        reason = describe_failure(returncode) if returncode != 0 else "finished without writing flywheel.json"
-        store.audit(actor, "train.failed", {"version": version, "run_id": run_id, "returncode": returncode})
-        raise TrainingError(
-            f"training {version} ({method}) {reason}. Checkpoints and train.log are kept in {output_dir}; "
-            f"rerun with run_id={run_id!r} to resume.\n--- last lines of the log ---\n" + "\n".join(tail)
-        )
-    summary = json.loads(summary_path.read_text())
+    summary = finished_run(store, actor, returncode, tail, output_dir, label=f"training {version} ({method})",
+                           failed="train.failed", version=version, run_id=run_id)
     losses = read_losses(output_dir)
     final = summary.get("final_loss")
     if final is None or not math.isfinite(final):
