@@ -64,7 +64,8 @@ def ingest(
     prune: Annotated[bool, typer.Option(help="Drop documents whose files disappeared.")] = False,
     reindex: Annotated[bool, typer.Option(help="Rebuild the vector and BM25 indexes from SQLite first.")] = False,
 ) -> None:
-    """Parse, chunk, embed and index documents (PDF, Markdown, HTML, text). Exit 1 if any file failed."""
+    """Parse, chunk, embed and index documents (PDF, Word, PowerPoint, Excel, CSV/TSV, Markdown, HTML, text).
+    Exit 1 if any file failed."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from storage.knowledge import KnowledgeBase
@@ -128,16 +129,24 @@ def ask(
 ) -> None:
     """Answer one question from the documents, with numbered citations."""
     agent = _agent()
-    stream = None if as_json else (lambda token: console.print(token, end="", markup=False, highlight=False))
-    if stream:
-        console.print("[dim]…[/]", end="\r")
-    result = agent.answer(question, thread_id=thread, sources=source, on_token=stream)
+    if as_json or not console.is_terminal:
+        result = agent.answer(question, thread_id=thread, sources=source)
+    else:
+        # The model's words stream while it writes, but the check may drop them for a quote or a refusal:
+        # shown dim under a "draft" label and erased (transient) before the checked answer is printed.
+        from rich.live import Live
+        from rich.text import Text
+
+        draft = Text("draft, not yet checked against the documents: ", style="dim italic")
+        with Live(draft, console=console, transient=True, refresh_per_second=8) as live:
+            def stream(token: str) -> None:
+                draft.append(token, style="dim")
+                live.update(draft)
+
+            result = agent.answer(question, thread_id=thread, sources=source, on_token=stream)
     if as_json:
         print(json.dumps(result.as_json(), ensure_ascii=False))
         return
-    if stream:
-        console.print()
-        console.rule(style="dim")
     _print_answer(result)
 
 

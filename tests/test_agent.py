@@ -179,3 +179,26 @@ def test_a_strong_sentence_in_a_diluted_chunk_is_quoted_not_refused(settings):
     assert result.citations[0]["source"] == "newsletter.pdf" and result.citations[0]["page"] == 1
     unrelated = agent.answer("What is the office wifi password?", record=False)
     assert unrelated.produced_by == "refusal"
+
+
+def test_cli_ask_never_prints_a_draft_the_check_dropped(agent, settings, monkeypatch):
+    """The tiny random model's draft is never supported: `flywheel ask` prints the quote or refusal only,
+    nothing streamed above it (on a terminal the draft is shown dim and erased; piped, not at all)."""
+    from bot.cli import app
+    from storage.config import get_settings
+
+    monkeypatch.setenv("FLYWHEEL_HOME", str(settings.home))
+    monkeypatch.setenv("FLYWHEEL_MODEL", settings.model)
+    monkeypatch.setenv("FLYWHEEL_MAX_NEW_TOKENS", "8")
+    get_settings.cache_clear()
+    try:
+        runner = CliRunner()
+        question = sample_questions()[0]["question"]
+        shown = runner.invoke(app, ["ask", question])
+        assert shown.exit_code == 0, shown.output
+        data = json.loads(runner.invoke(app, ["ask", question, "--json"]).stdout)
+        assert data["produced_by"] in ("quote", "refusal")
+        # Nothing above the checked answer: no streamed draft, no "…" placeholder, no rule under a draft.
+        assert shown.stdout.lstrip().startswith(data["answer"].split("\n")[0][:60]), shown.stdout[:200]
+    finally:
+        get_settings.cache_clear()
