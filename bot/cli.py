@@ -97,9 +97,8 @@ def _print_ingest_report(report) -> None:
     summary = ", ".join(
         f"{report.count(s)} {s}" for s in ("added", "updated", "unchanged", "pruned", "skipped", "failed") if report.count(s)
     )
-    console.print(
-        f"{summary or 'nothing to do'} — {report.chunks} chunks from {report.pages} pages in {report.seconds:.1f} s"
-    )
+    pages = f" from {report.pages} pages" if report.pages else ""  # only paged formats (PDF, slides) have pages
+    console.print(f"{summary or 'nothing to do'} — {report.chunks} chunks{pages} in {report.seconds:.1f} s")
 
 
 @app.command()
