@@ -252,14 +252,10 @@ class Agent:
         extra = {"checks": [asdict(c) for c in checked.checks] if checked else [],
                  "quote_score": quote.score if quote else None}
         if kept:
-            answer, cited, produced_by = checked.answer, checked.cited, "model"
-        elif quote is not None and quote.score >= needed:
-            answer, cited, produced_by = quote.answer, quote.cited, "quote"
-        else:
-            return {**self._not_found(state), "check": extra, "timings": _timed(state, "check_ms", started)}
-        citations = [_citation(n, candidates[n - 1]) for n in cited]
-        return {"answer": answer, "produced_by": produced_by, "grounded": True, "citations": citations,
-                "check": extra, "timings": _timed(state, "check_ms", started)}
+            return self._shown(state, started, extra, candidates, checked.answer, checked.cited, "model")
+        if quote is not None and quote.score >= needed:
+            return self._shown(state, started, extra, candidates, quote.answer, quote.cited, "quote")
+        return self._shown(state, started, extra)
 
     def not_found(self, state: AnswerState) -> dict:
         """Retrieval is weak (the best chunk's cosine is under `min_relevance`), so the model isn't asked.
@@ -271,10 +267,19 @@ class Agent:
         quote = choose_quote(state["query"], candidates, self.kb.embedder.encode) if candidates else None
         extra = {"checks": [], "quote_score": quote.score if quote else None}
         if quote is None or quote.score < self.settings.min_quote_score + self.settings.refusal_margin:
-            return {**self._not_found(state), "check": extra, "timings": _timed(state, "check_ms", started)}
-        citations = [_citation(n, candidates[n - 1]) for n in quote.cited]
-        return {"answer": quote.answer, "produced_by": "quote", "grounded": True, "citations": citations,
-                "check": extra, "timings": _timed(state, "check_ms", started)}
+            return self._shown(state, started, extra)
+        return self._shown(state, started, extra, candidates, quote.answer, quote.cited, "quote")
+
+    def _shown(self, state: AnswerState, started: float, extra: dict, candidates: list[Hit] | None = None,
+               answer: str | None = None, cited: list[int] | None = None, produced_by: str = "refusal") -> dict:
+        """What the user sees, for `check` and `not_found` alike: a grounded answer citing `candidates`
+        (1-based `cited`), or — without an answer — the documents-don't-say reply."""
+        timings = _timed(state, "check_ms", started)
+        if answer is None:
+            return {**self._not_found(state), "check": extra, "timings": timings}
+        citations = [_citation(n, candidates[n - 1]) for n in cited or []]
+        return {"answer": answer, "produced_by": produced_by, "grounded": True, "citations": citations,
+                "check": extra, "timings": timings}
 
     def _not_found(self, state: AnswerState) -> dict:
         closest = [Hit(**h) for h in state.get("hits", [])[:3]]

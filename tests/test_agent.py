@@ -83,7 +83,9 @@ def test_source_filter(agent):
     assert result.hits and {h.source for h in result.hits} == {"expenses.md"}
 
 
-def test_cli_ask_json_contract(agent, settings, monkeypatch):
+@pytest.fixture
+def cli(agent, settings, monkeypatch):
+    """The CLI app on this test's home and the tiny model (settings re-read from the environment)."""
     from bot.cli import app
     from storage.config import get_settings
 
@@ -91,21 +93,23 @@ def test_cli_ask_json_contract(agent, settings, monkeypatch):
     monkeypatch.setenv("FLYWHEEL_MODEL", settings.model)
     monkeypatch.setenv("FLYWHEEL_MAX_NEW_TOKENS", "8")
     get_settings.cache_clear()
-    try:
-        runner = CliRunner()
-        result = runner.invoke(app, ["ask", sample_questions()[1]["question"], "--json"])
-        assert result.exit_code == 0, result.output
-        data = json.loads(result.stdout)
-        assert set(data) >= {"answer", "produced_by", "citations", "grounded", "timings_ms", "model", "adapter"}
-        assert data["produced_by"] in ("model", "quote", "refusal")
-        for citation in data["citations"]:
-            assert set(citation) >= {"source", "page", "heading", "chunk_id", "score"}
-        status = runner.invoke(app, ["status", "--json"])
-        info = json.loads(status.stdout)
-        assert info["documents"] == 6 and info["chunks"] > 10 and info["interactions"] >= 1
-        assert info["feedback"] == {"up": 0, "down": 0} and info["adapter"] is None
-    finally:
-        get_settings.cache_clear()
+    yield app
+    get_settings.cache_clear()
+
+
+def test_cli_ask_json_contract(cli):
+    runner = CliRunner()
+    result = runner.invoke(cli, ["ask", sample_questions()[1]["question"], "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert set(data) >= {"answer", "produced_by", "citations", "grounded", "timings_ms", "model", "adapter"}
+    assert data["produced_by"] in ("model", "quote", "refusal")
+    for citation in data["citations"]:
+        assert set(citation) >= {"source", "page", "heading", "chunk_id", "score"}
+    status = runner.invoke(cli, ["status", "--json"])
+    info = json.loads(status.stdout)
+    assert info["documents"] == 6 and info["chunks"] > 10 and info["interactions"] >= 1
+    assert info["feedback"] == {"up": 0, "down": 0} and info["adapter"] is None
 
 
 @pytest.mark.slow
@@ -181,24 +185,14 @@ def test_a_strong_sentence_in_a_diluted_chunk_is_quoted_not_refused(settings):
     assert unrelated.produced_by == "refusal"
 
 
-def test_cli_ask_never_prints_a_draft_the_check_dropped(agent, settings, monkeypatch):
+def test_cli_ask_never_prints_a_draft_the_check_dropped(cli):
     """The tiny random model's draft is never supported: `flywheel ask` prints the quote or refusal only,
     nothing streamed above it (on a terminal the draft is shown dim and erased; piped, not at all)."""
-    from bot.cli import app
-    from storage.config import get_settings
-
-    monkeypatch.setenv("FLYWHEEL_HOME", str(settings.home))
-    monkeypatch.setenv("FLYWHEEL_MODEL", settings.model)
-    monkeypatch.setenv("FLYWHEEL_MAX_NEW_TOKENS", "8")
-    get_settings.cache_clear()
-    try:
-        runner = CliRunner()
-        question = sample_questions()[0]["question"]
-        shown = runner.invoke(app, ["ask", question])
-        assert shown.exit_code == 0, shown.output
-        data = json.loads(runner.invoke(app, ["ask", question, "--json"]).stdout)
-        assert data["produced_by"] in ("quote", "refusal")
-        # Nothing above the checked answer: no streamed draft, no "…" placeholder, no rule under a draft.
-        assert shown.stdout.lstrip().startswith(data["answer"].split("\n")[0][:60]), shown.stdout[:200]
-    finally:
-        get_settings.cache_clear()
+    runner = CliRunner()
+    question = sample_questions()[0]["question"]
+    shown = runner.invoke(cli, ["ask", question])
+    assert shown.exit_code == 0, shown.output
+    data = json.loads(runner.invoke(cli, ["ask", question, "--json"]).stdout)
+    assert data["produced_by"] in ("quote", "refusal")
+    # Nothing above the checked answer: no streamed draft, no "…" placeholder, no rule under a draft.
+    assert shown.stdout.lstrip().startswith(data["answer"].split("\n")[0][:60]), shown.stdout[:200]
