@@ -289,6 +289,11 @@ class Agent:
         return {"answer": answer, "produced_by": "refusal", "grounded": False, "citations": []}
 
     def finalize(self, state: AnswerState) -> dict:
+        from langgraph.config import get_stream_writer
+
+        write = get_stream_writer()
+        for piece in shown_pieces(state["answer"]):  # checked text only: a surface streams it, never retracts
+            write({"shown": piece})
         turns = [{"role": "user", "content": state["question"]}, {"role": "assistant", "content": state["answer"]}]
         return {"history": turns}
 
@@ -325,9 +330,15 @@ class Agent:
         channel: str | None = None,
         sources: list[str] | None = None,
         on_token: Callable[[str], None] | None = None,
+        on_shown: Callable[[str], None] | None = None,
         record: bool = True,
     ) -> Answer:
-        """Answer one question (a follow-up when `thread_id` has history), streaming tokens to `on_token`."""
+        """Answer one question (a follow-up when `thread_id` has history).
+
+        `on_token` receives the model's raw draft as it is written (unchecked: for a terminal's transient
+        view, never for text a user keeps). `on_shown` receives the user-visible answer in append-only
+        pieces, each already through the grounding check: their concatenation is exactly `Answer.answer`,
+        so a surface that streams them never has to retract anything."""
         started = time.perf_counter()
         thread_id = thread_id or f"once:{uuid.uuid4().hex}"
         turn = {
@@ -340,6 +351,8 @@ class Agent:
         for mode, chunk in self.graph.stream(turn, config, stream_mode=["custom", "values"]):
             if mode == "custom" and on_token and "token" in chunk:
                 on_token(chunk["token"])
+            elif mode == "custom" and on_shown and "shown" in chunk:
+                on_shown(chunk["shown"])
             elif mode == "values":
                 state = chunk
         timings = {**state.get("timings", {}), "total_ms": round((time.perf_counter() - started) * 1000, 1)}
@@ -387,6 +400,12 @@ def answer_complete(text: str, max_sentences: int) -> bool:
         return True
     finished = split_sentences(text, lines=True)[:-1]  # the last piece may still be growing
     return len(finished) >= max_sentences
+
+
+def shown_pieces(answer: str) -> list[str]:
+    """The answer cut after each sentence's end (its [n] markers stay with it), whitespace kept, so the
+    pieces concatenate back to exactly `answer`."""
+    return [p for p in re.split(r"(?<=[.!?。！？])(?=\s)", answer) if p]
 
 
 def _citation(n: int, hit: Hit) -> dict[str, Any]:

@@ -43,9 +43,12 @@ def test_pdf_answers_cite_the_right_page(agent):
 def test_ask_gives_a_cited_answer_and_records_it(agent):
     item = sample_questions()[0]
     tokens: list[str] = []
-    answer = agent.answer(item["question"], on_token=tokens.append)
+    shown: list[str] = []
+    answer = agent.answer(item["question"], on_token=tokens.append, on_shown=shown.append)
     assert answer.route == "question"
     assert tokens, "tokens were streamed"
+    # What a surface streams to users is the checked answer itself, in pieces: nothing to retract.
+    assert len(shown) > 1 and "".join(shown) == answer.answer
     assert answer.grounded and answer.citations
     assert answer.citations[0]["source"] == item["source"]
     assert "[1]" in answer.answer or "[2]" in answer.answer
@@ -57,7 +60,9 @@ def test_ask_gives_a_cited_answer_and_records_it(agent):
 
 def test_unanswerable_question_says_so_with_closest_sources(agent):
     for item in unanswerable_questions():
-        answer = agent.answer(item["question"])
+        shown: list[str] = []
+        answer = agent.answer(item["question"], on_shown=shown.append)
+        assert "".join(shown) == answer.answer
         assert not answer.grounded, (item["question"], answer.answer)
         assert answer.answer.startswith(NOT_FOUND)
         assert not answer.citations
