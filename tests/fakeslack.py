@@ -16,11 +16,15 @@ The real slack-bolt app runs against it through the real slack_sdk clients, all 
   reactions, threads, views and DMs are kept in memory and served back by the read methods.
   Tokens are judged by prefix like upstream's mock: `xoxb-` for the bot, `xapp-` for
   `apps.connections.open`, anything else is `invalid_auth`. Unknown methods answer `{"ok": true}`.
+* Native streaming (`chat.startStream` / `appendStream` / `stopStream`, `markdown_text` or
+  `markdown_text` chunks): the message's text only grows; every call's visible text is kept in
+  `message["stream"]["texts"]`, and stopStream's blocks go under it. `FakeSlack(streaming=False)`
+  rejects the three methods (error `stream_error`) like a workspace without agent features.
 * Socket Mode (aiohttp on its own event-loop thread): sends `hello` on connect, records acks,
   delivers envelopes to the newest live connection and queues them while none is connected, the
   way Slack holds events across a reconnect. aiohttp answers the client's pings with pongs that
   echo the payload, which the builtin client needs to consider the connection fresh.
-* Driving methods (`mention`, `dm`, `react`, `click`, `command`, ...) build the payloads Slack
+* Driving methods (`mention`, `dm`, `react`, `click`, `click_feedback`, `command`, ...) build the payloads Slack
   would send, store the user's message where Slack would, and return the envelope sent.
 * Faults: `fail_next()` answers 429 + Retry-After (or a 5xx); `disconnect()` sends Slack's
   `disconnect` message, closes the socket, or drops the TCP connection.
@@ -44,6 +48,7 @@ from aiohttp import WSMsgType, web
 
 MAX_TEXT_CHARS = 40_000
 MAX_BLOCKS = 50
+STREAM_CALL_CHARS = 12_000  # markdown text per chat.*Stream call
 # Fields slack_sdk JSON-encodes inside form posts; decode them so tests see structures.
 _JSON_FIELDS = ("blocks", "attachments", "view", "metadata", "chunks")
 _STREAM_METHODS = ("chat.startStream", "chat.appendStream", "chat.stopStream")
@@ -95,9 +100,13 @@ class FakeSlack:
     """In-memory Slack workspace with one bot; see the module docstring."""
 
     def __init__(self, bot_user_id: str = "UBOT", bot_id: str = "BBOT", team_id: str = "T0001",
-                 app_id: str = "A0001", *, streaming: bool = False, echo_events: bool = False) -> None:
+                 app_id: str = "A0001", *, streaming: bool = True, stream_error: str = "not_allowed_token_type",
+                 echo_events: bool = False) -> None:
         self.bot_user_id, self.bot_id, self.team_id, self.app_id = bot_user_id, bot_id, team_id, app_id
-        self.streaming = streaming      # False: chat.*Stream answer not_allowed_token_type
+        # streaming=False: the workspace rejects chat.start/append/stopStream with `stream_error`, as one
+        # without the app's agent features does (the bot must fall back to chat.postMessage + chat.update).
+        self.streaming = streaming
+        self.stream_error = stream_error
         self.echo_events = echo_events  # True: the bot's own DM posts come back as message events
         self.users: dict[str, Json] = {}  # users.info overrides, keyed by user id
         self.api_url = ""
@@ -435,8 +444,12 @@ class FakeSlack:
             for element in block.get("elements", []) if isinstance(block, dict) else []:
                 if isinstance(element, dict) and element.get("action_id") == action_id:
                     action["type"] = element.get("type", "button")
+                    action["block_id"] = block.get("block_id") or block_id
                     if "text" in element:
                         action["text"] = element["text"]
+                    for side in ("positive_button", "negative_button"):  # feedback_buttons: the one clicked
+                        if (element.get(side) or {}).get("value") == value:
+                            action["text"] = element[side]["text"]
                     options = [o for o in element.get("options", []) if o.get("value") == value]
                     if options:  # selects and overflows report the chosen option, not a value
                         del action["value"]
@@ -453,6 +466,18 @@ class FakeSlack:
             "message": api_message,
             "state": {"values": {}}, "response_url": self._response_url(channel, message_ts),
             "actions": [action]}, False)
+
+    def click_feedback(self, user: str, channel: str, message_ts: str, positive: bool = True) -> Json:
+        """Click 👍 (positive) or 👎 on the message's feedback_buttons element, sending the value the
+        app put on that button, as Slack does."""
+        with self._lock:
+            message = self._find(channel, message_ts)
+            assert message is not None, f"click_feedback: no message {channel}/{message_ts}\n{self.dump()}"
+            elements = [e for b in message["blocks"] or [] if b.get("type") == "context_actions"
+                        for e in b.get("elements", []) if e.get("type") == "feedback_buttons"]
+        assert elements, f"click_feedback: no feedback_buttons on {channel}/{message_ts}\n{self.dump()}"
+        button = elements[0]["positive_button" if positive else "negative_button"]
+        return self.click(user, channel, message_ts, elements[0]["action_id"], button["value"])
 
     def submit_view(self, user: str, view: Json, values: Json) -> Json:
         """view_submission of a view (as views.open returned it, or any view dict).
@@ -649,7 +674,7 @@ class FakeSlack:
                 else:
                     body = {"ok": False, "error": "internal_error"}
             elif method in _STREAM_METHODS and not self.streaming:
-                body = {"ok": False, "error": "not_allowed_token_type"}
+                body = {"ok": False, "error": self.stream_error}
             else:
                 handler = getattr(self, "_api_" + method.replace(".", "_"), None)
                 try:
@@ -712,27 +737,61 @@ class FakeSlack:
         permalink = f"https://fake.slack.com/archives/{channel}/p{ts.replace('.', '')}"
         return {"channel": channel, "permalink": permalink}
 
+    # Slack's native streaming: the message's visible text only grows (appendStream adds to it) until
+    # stopStream, which may attach blocks under it. Each call's visible text is kept in
+    # message["stream"]["texts"], so a test can check that nothing shown was ever taken back.
+
+    @staticmethod
+    def _stream_text(p: Json) -> str:
+        """The text one streaming call adds: `markdown_text` and/or `markdown_text` chunks."""
+        text = p.get("markdown_text") or ""
+        chunks = p.get("chunks") or []
+        if not isinstance(chunks, list):
+            raise _ApiError("invalid_chunks")
+        for chunk in chunks:
+            if not isinstance(chunk, dict) or "type" not in chunk:
+                raise _ApiError("invalid_chunks")
+            if chunk["type"] == "markdown_text":
+                text += str(chunk.get("text") or "")
+        if len(text) > STREAM_CALL_CHARS:
+            raise _ApiError("msg_too_long")
+        return text
+
+    def _streaming_message(self, p: Json) -> Json:
+        message = self._message_param(p)
+        if (message.get("stream") or {}).get("state") != "open":
+            raise _ApiError("message_not_in_streaming_state")
+        return message
+
+    def _stream_to(self, message: Json, added: str, blocks: Any = None) -> None:
+        self._update(message, message["text"] + added, blocks)
+        message["stream"]["texts"].append(message["text"])
+
     def _api_chat_startStream(self, p: Json) -> Json:
-        message = self._new_message(p.get("channel", ""), self._next_ts(), p.get("thread_ts") or None,
-                                    p.get("markdown_text", ""), None, self.bot_user_id, self.bot_id)
-        message["streaming"] = True
+        channel = p.get("channel") or ""
+        if not channel:
+            raise _ApiError("channel_not_found")
+        if _channel_type(channel) != "im" and not (p.get("recipient_user_id") and p.get("recipient_team_id")):
+            raise _ApiError("invalid_arguments")  # outside DMs Slack needs to know whom the stream is for
+        text = self._stream_text(p)
+        message = self._new_message(channel, self._next_ts(), p.get("thread_ts") or None, text, None,
+                                    self.bot_user_id, self.bot_id)
+        message["stream"] = {"state": "open", "texts": [text], "recipient_user_id": p.get("recipient_user_id"),
+                             "recipient_team_id": p.get("recipient_team_id")}
         self._messages.append(message)
         return {"channel": message["channel"], "ts": message["ts"]}
 
     def _api_chat_appendStream(self, p: Json) -> Json:
-        message = self._message_param(p)
-        if not message.get("streaming"):
-            raise _ApiError("message_not_in_streaming_state")
-        self._update(message, message["text"] + p.get("markdown_text", ""), None)
+        message = self._streaming_message(p)
+        self._stream_to(message, self._stream_text(p))
         return {"channel": message["channel"], "ts": message["ts"]}
 
     def _api_chat_stopStream(self, p: Json) -> Json:
-        result = self._api_chat_appendStream(p)
-        message = self._message_param(p)
-        message["streaming"] = False
-        if p.get("blocks") is not None:
-            message["blocks"] = p["blocks"]
-        return {**result, "message": self._api_message(message)}
+        message = self._streaming_message(p)
+        self._check_content(None, p.get("blocks"))
+        self._stream_to(message, self._stream_text(p), p.get("blocks"))
+        message["stream"]["state"] = "stopped"
+        return {"channel": message["channel"], "ts": message["ts"], "message": self._api_message(message)}
 
     def _reaction(self, p: Json) -> list[str]:
         message = self._find(p.get("channel", ""), p.get("timestamp", ""))

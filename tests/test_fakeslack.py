@@ -63,6 +63,11 @@ def bolt(fake: FakeSlack, client: WebClient) -> Iterator[SocketModeHandler]:
         text = f"saw {event['reaction']} on {event['item_user']}"
         client.chat_postMessage(channel=event["item"]["channel"], text=text)
 
+    @app.action("rate")
+    def on_rate(ack, body: dict, action: dict, client: WebClient) -> None:  # type: ignore[no-untyped-def]
+        ack()
+        client.chat_postMessage(channel=body["channel"]["id"], text=f"{action['type']} {action['value']}")
+
     @app.view("survey")
     def on_submit(ack, view: dict) -> None:  # type: ignore[no-untyped-def]
         ack(response_action="errors", errors={"b": view["private_metadata"]})
@@ -102,8 +107,6 @@ def test_web_client_thread_roundtrip(fake: FakeSlack, client: WebClient) -> None
         client.chat_postMessage(channel="C1", text="x" * 40_001)
     with pytest.raises(SlackApiError, match="invalid_blocks"):
         client.chat_postMessage(channel="C1", text="x", blocks=[{"type": "divider"}] * 51)
-    with pytest.raises(SlackApiError, match="not_allowed_token_type"):
-        client.chat_startStream(channel="C1", thread_ts=parent["ts"])
     with pytest.raises(SlackApiError, match="invalid_auth"):
         WebClient(token="bogus", base_url=fake.api_url).auth_test()
 
@@ -180,11 +183,52 @@ def test_dm_reaction_view_and_home(fake: FakeSlack, client: WebClient, bolt: Soc
     assert fake.wait_for(lambda: fake.home_view("U1"))["type"] == "home"
 
 
-def test_streaming_when_enabled() -> None:
-    with FakeSlack(streaming=True) as fake:
+def test_streaming_text_only_grows_and_stop_attaches_blocks(fake: FakeSlack, client: WebClient) -> None:
+    parent = client.chat_postMessage(channel="D1", text="question")["ts"]
+    # The SDK's own helper (it sends markdown_text chunks) ...
+    stream = client.chat_stream(channel="D1", thread_ts=parent, buffer_size=1)
+    stream.append(markdown_text="Hel")
+    stream.append(markdown_text="lo")
+    # ... and the raw method with markdown_text both extend the same message.
+    client.chat_appendStream(channel="D1", ts=stream.ts, markdown_text=" world")
+    blocks = [{"type": "context", "elements": [{"type": "mrkdwn", "text": "[1] a.md"}]}]
+    stream.stop(markdown_text="!", blocks=blocks)
+    (message,) = fake.messages("D1", thread_ts=parent, include_parent=False)
+    assert message["text"] == "Hello world!" and message["blocks"] == blocks
+    assert message["stream"]["texts"] == ["Hel", "Hello", "Hello world", "Hello world!"]
+    assert message["stream"]["state"] == "stopped"
+    with pytest.raises(SlackApiError, match="message_not_in_streaming_state"):
+        client.chat_appendStream(channel="D1", ts=stream.ts, markdown_text="more")
+    with pytest.raises(SlackApiError, match="msg_too_long"):
+        client.chat_startStream(channel="D1", thread_ts=parent, markdown_text="x" * 12_001)
+    # In a channel Slack needs the recipient; the fake refuses a stream without one.
+    with pytest.raises(SlackApiError, match="invalid_arguments"):
+        client.chat_startStream(channel="C1", thread_ts=parent, markdown_text="hi")
+    assert client.chat_startStream(channel="C1", thread_ts=parent, markdown_text="hi",
+                                   recipient_user_id="U1", recipient_team_id="T0001")["ok"]
+
+
+def test_streaming_can_be_rejected() -> None:
+    with FakeSlack(streaming=False, stream_error="unknown_method") as fake:
         client = WebClient(token="xoxb-test", base_url=fake.api_url)
-        started = client.chat_startStream(channel="C1", thread_ts="1.000001", markdown_text="Hel")
-        client.chat_appendStream(channel="C1", ts=started["ts"], markdown_text="lo")
-        client.chat_stopStream(channel="C1", ts=started["ts"], markdown_text="!")
-        (message,) = fake.messages("C1", thread_ts="1.000001")
-        assert message["text"] == "Hello!" and [u["text"] for u in message["updates"]] == ["Hel", "Hello"]
+        for call in (lambda: client.chat_startStream(channel="D1", thread_ts="1.000001", markdown_text="a"),
+                     lambda: client.chat_appendStream(channel="D1", ts="1.000001", markdown_text="a"),
+                     lambda: client.chat_stopStream(channel="D1", ts="1.000001")):
+            with pytest.raises(SlackApiError, match="unknown_method"):
+                call()
+        assert fake.messages() == []
+        assert client.chat_postMessage(channel="D1", text="the fallback still works")["ok"]
+
+
+def test_feedback_buttons_click_sends_the_clicked_buttons_value(fake: FakeSlack, client: WebClient,
+                                                                bolt: SocketModeHandler) -> None:
+    def button(text: str, value: str) -> dict:
+        return {"text": {"type": "plain_text", "text": text}, "value": value}
+
+    posted = client.chat_postMessage(channel="C1", text="rate me", blocks=[{"type": "context_actions", "elements": [{
+        "type": "feedback_buttons", "action_id": "rate",
+        "positive_button": button("Good", "good-1"), "negative_button": button("Bad", "bad-1")}]}])
+    envelope = fake.click_feedback("U1", "C1", posted["ts"], positive=False)
+    action = envelope["payload"]["actions"][0]
+    assert action["type"] == "feedback_buttons" and action["text"]["text"] == "Bad"
+    fake.wait_for(lambda: any(m["text"] == "feedback_buttons bad-1" for m in fake.messages("C1")))
