@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any, TypedDict
 
-from agent.grounding import check_draft, choose_quote
+from agent.grounding import check_draft, choose_quote, unknown_names
 from agent.prompts import CONDENSE_PROMPT, NOT_FOUND, build_messages, passage_label, says_not_found
 from agent.retrieval import Hit, Retriever
 from storage.config import Settings
@@ -63,6 +63,7 @@ class AnswerState(TypedDict, total=False):
     query: str
     hits: list[dict[str, Any]]
     best_dense: float
+    unknown: list[str]  # names the question uses that occur nowhere in the documents ("GPU")
     retriever: str | None  # the retriever version whose embedder ranked the hits ("base" = configured one)
     context: list[dict[str, Any]]
     prompt: list[dict[str, str]]
@@ -187,8 +188,9 @@ class Agent:
         started = time.perf_counter()
         result = self.retriever.search(state["query"], k=self.settings.top_k, sources=state.get("sources"))
         timings = {**_timed(state, "retrieve_ms", started), **result.timings_ms}
+        unknown = unknown_names(state["question"], self.kb.lexical.known)
         return {"hits": [h.as_dict() for h in result.hits], "best_dense": result.best_dense, "timings": timings,
-                "retriever": result.retriever}
+                "retriever": result.retriever, "unknown": unknown}
 
     def select(self, state: AnswerState) -> dict:
         """Keep the best chunks that fit the prompt budget, best first (small models read the top best)."""
@@ -201,7 +203,7 @@ class Agent:
         return {"context": context}
 
     def answerable(self, state: AnswerState) -> str:
-        if not state["context"] or state.get("best_dense", 0.0) < self.settings.min_relevance:
+        if not state["context"] or state.get("best_dense", 0.0) < self.settings.min_relevance or state.get("unknown"):
             return "not_found"
         return "generate"
 
@@ -261,8 +263,13 @@ class Agent:
         """Retrieval is weak (the best chunk's cosine is under `min_relevance`), so the model isn't asked.
         A chunk holding several short topics dilutes its cosine, though ("Parking: … Security: lost badges
         are reported within one hour"): a sentence that matches the question strongly is still quoted —
-        held to the bar a quote must clear to overrule the model's own refusal."""
+        held to the bar a quote must clear to overrule the model's own refusal.
+
+        A question naming something the documents never mention ("on a GPU") is refused outright, naming
+        it: whatever passage comes closest answers a different question."""
         started = time.perf_counter()
+        if state.get("unknown"):
+            return self._shown(state, started, {"checks": [], "quote_score": None, "unknown": state["unknown"]})
         candidates = [Hit(**h) for h in state.get("hits", [])]
         quote = choose_quote(state["query"], candidates, self.kb.embedder.encode) if candidates else None
         extra = {"checks": [], "quote_score": quote.score if quote else None}
@@ -284,6 +291,9 @@ class Agent:
     def _not_found(self, state: AnswerState) -> dict:
         closest = [Hit(**h) for h in state.get("hits", [])[:3]]
         answer = NOT_FOUND
+        if state.get("unknown"):
+            listed = ", ".join(f"“{name}”" for name in dict.fromkeys(state["unknown"]))
+            answer += f" They never mention {listed}."
         if closest:
             answer += " The closest passages I found:\n" + "\n".join(f"• {passage_label(h)}" for h in closest)
         return {"answer": answer, "produced_by": "refusal", "grounded": False, "citations": []}
@@ -344,7 +354,7 @@ class Agent:
         turn = {
             "question": question, "sources": sources, "route": "", "query": question, "hits": [], "context": [],
             "prompt": [], "draft": "", "adapter": None, "answer": "", "produced_by": "refusal", "grounded": False,
-            "citations": [], "timings": {}, "best_dense": 0.0, "retriever": None,
+            "citations": [], "timings": {}, "best_dense": 0.0, "retriever": None, "unknown": [],
         }
         state: dict[str, Any] = {}
         config = {"configurable": {"thread_id": thread_id}}

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from agent.prompts import Passage
-from storage.text import split_sentences, terms, word_count
+from storage.text import split_sentences, stopwords, terms, word_count
 
 Embed = Callable[[list[str]], np.ndarray]  # texts -> (n, d) L2-normalized rows
 
@@ -283,6 +283,47 @@ def _join(parts: list[str]) -> str:
 
 def _words(text: str) -> set[str]:
     return set(re.findall(r"\w+", text.lower()))
+
+
+_NAME = re.compile(r"[^\W\d_][\w]*(?:[-.][\w]+)*")
+_SENTENCE_START = re.compile(r"(?:^|[.!?:;]\s+|[\"“(]\s*)$")
+
+
+def names(question: str) -> list[str]:
+    """Words the question uses as names: acronyms ("GPU", "S3"), mixed case ("WebAssembly"), letters with
+    digits ("FTS5"), and — in an English question, where only names are capitalized mid-sentence — a
+    Capitalized word that doesn't start a sentence ("Python"). German capitalizes every noun, so there
+    only the first three kinds count."""
+    words = list(_NAME.finditer(question))
+    stop = stopwords()
+    english = sum(w.group().lower() in stop for w in words) >= max(2, len(words) // 5)
+    out: list[str] = []
+    for match in words:
+        word = match.group()
+        letters = [c for c in word if c.isalpha()]
+        upper = sum(c.isupper() for c in letters)
+        acronym = upper >= 2 and upper == len(letters)
+        mixed = upper >= 2 or (upper == 1 and not word[0].isupper())
+        digits = any(c.isdigit() for c in word)
+        capitalized = (english and upper == 1 and word[0].isupper() and word != "I"
+                       and not _SENTENCE_START.search(question[: match.start()]))
+        if acronym or mixed or digits or capitalized:
+            out.append(word)
+    return out
+
+
+def unknown_names(question: str, known: Callable[[set[str]], set[str]]) -> list[str]:
+    """The question's names (`names`) none of whose terms occur anywhere in the documents, as written.
+
+    A question about "GPU" aggregates or "WebAssembly" builds asks about something the documents never
+    mention: any passage found for it answers a different question. `known(terms)` returns the subset of
+    analyzed terms present in the corpus (the BM25 vocabulary)."""
+    out = []
+    for name in names(question):
+        wanted = terms(name)
+        if wanted and not known(wanted):
+            out.append(name)
+    return out
 
 
 def named_rows(question: str, text: str, max_rows: int = 3) -> str | None:

@@ -149,6 +149,7 @@ def answer_question(bot: FlywheelBot, question: Question) -> None:
             surface="slack",
             user_id=question.user,
             channel=question.channel,
+            sources=bot.sources_for(question.channel),  # channel scope; private documents only in DMs
             on_token=streamer.push,
         )
         if result.interaction_id:  # before the final update, so an early reaction already counts

@@ -145,6 +145,13 @@ class FlywheelBot:
     def is_admin(self, user_id: str | None) -> bool:
         return bool(user_id) and user_id in self.admins
 
+    def sources_for(self, channel: str) -> list[str] | None:
+        """`sources=` for an answer in `channel`: its knowledge scope, without private documents unless
+        it is a DM (bot/scopes.py); None = no filter. Resolved per answer, so new ingests count."""
+        from bot.scopes import channel_sources
+
+        return channel_sources(self.settings, self.store, channel)
+
     # --- transports ---------------------------------------------------------------------------
     def run_socket_mode(self, block: bool = True, ping_interval: float = 10.0) -> Any:
         """Connect over Socket Mode. The builtin client reconnects by itself when Slack sends

@@ -3,6 +3,7 @@
     /flywheel help                 anyone
     /flywheel status               anyone: documents, chunks, answers and 👍 rate this week, adapter
     /flywheel ingest <path>        admin: ingest a file or folder on the bot's host, in the background
+    /flywheel scope [show | set <folder or file> … | clear]     admin: this channel's knowledge scope
     /flywheel retrain | eval | promote <version> | rollback     admin: the training flywheel
 
 Admins are the user ids in `settings.admin_users` (FLYWHEEL_ADMIN_USERS, comma-separated). `help`
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.status import collect_status
+from bot import scopes
 from bot.app import BUSY
 from bot.flywheel import training_command
 
@@ -34,6 +36,7 @@ SUBCOMMANDS: dict[str, str] = {
     "help": "show this help",
     "status": "documents, answers and 👍 rate this week, serving adapter",
     "ingest": "`ingest <path>` — add or refresh documents from a path on the bot's host (admin)",
+    "scope": "`scope [show | set <folder or file> … | clear]` — what this channel's answers may cite (admin)",
     "retrain": "train a new adapter from feedback and distilled Q&A (admin)",
     "eval": "evaluate the serving model (admin)",
     "promote": "`promote <version>` — serve an adapter version (admin)",
@@ -100,6 +103,28 @@ def ingest_text(bot: FlywheelBot, args: list[str]) -> str:
     return "\n".join(lines)
 
 
+def scope_text(bot: FlywheelBot, channel: str, user: str, args: list[str]) -> str:
+    """`/flywheel scope [show | set <entry> … | clear]` for the channel the command was typed in."""
+    action, entries = (args[0].lower(), scopes.parse_entries(" ".join(args[1:]))) if args else ("show", [])
+    command = bot.settings.slack_command
+    if action == "show":
+        return scopes.describe(bot.settings, bot.store, channel)
+    if scopes.is_direct_message(channel):
+        return "Scopes apply to channels; a DM always sees every document. Run this in the channel to scope."
+    if action == "clear":
+        scopes.set_channel_scope(bot.store, channel, None, user)
+        return "Scope cleared: " + scopes.describe(bot.settings, bot.store, channel)
+    if action != "set" or not entries:
+        return f"Usage: `{command} scope show`, `{command} scope set <folder or file> …` or `{command} scope clear`."
+    documents = bot.store.query("SELECT path, name FROM documents WHERE status != 'failed'")
+    unknown = [e for e in entries if not scopes.resolve([e], documents)]
+    if unknown:  # a typo would silently leave the channel with nothing to cite
+        return ("Not set: " + ", ".join(f"`{e}`" for e in unknown) + " matches no ingested document. Use a folder "
+                "path, a folder name such as `runbooks`, or a file name as `flywheel sources` lists them.")
+    scopes.set_channel_scope(bot.store, channel, entries, user)
+    return "Scope set. " + scopes.describe(bot.settings, bot.store, channel)
+
+
 def register_commands(bot: FlywheelBot) -> None:
     app = bot.app
     command_name = bot.settings.slack_command
@@ -127,6 +152,9 @@ def register_commands(bot: FlywheelBot) -> None:
         elif sub == "status":
             ack()
             respond(text=status_text(bot))
+        elif sub == "scope":  # a few SQLite reads: answered right away
+            ack()
+            respond(text=scope_text(bot, command.get("channel_id") or "", user, args))
         else:
             ack(text=WORKING)
             job: Callable[[], str] = (

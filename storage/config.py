@@ -104,6 +104,26 @@ class Settings(BaseSettings):
     feedback_buttons: bool = Field(True, description="Show 👍/👎 buttons under Slack answers.")
     notify_channel: str = Field("", description="Slack channel for operational notices; empty = none.")
     stream_interval: float = Field(1.0, description="Seconds between streamed chat.update calls (Slack allows ~1/s).")
+    scopes: dict[str, list[str]] = Field(
+        default_factory=dict, description="Knowledge scope per channel: {channel id: [folder or file, ...]} (JSON in "
+        "the environment, a table in TOML). A folder is an absolute path or a relative run of folder names such as "
+        "`runbooks` or `eng/runbooks`; a file is its name. `/flywheel scope set|clear` overrides it per channel; "
+        "unlisted channels see every non-private document. DMs are never scoped."
+    )
+    private_sources: str = Field(
+        "", description="Comma-separated folders or files (same forms as `scopes`) answered only in DMs, never in a "
+        "channel; a private file's name hides any same-named file in channels too (citations key on file names)."
+    )
+    ingest_roots: str = Field(
+        "", description="Comma-separated folders `/flywheel ingest` may read (symlinks resolved); empty = only the "
+        "folders the knowledge base already holds documents from, so Slack can refresh them but reach nothing else."
+    )
+    slack_file_max_mb: float = Field(20.0, description="Files shared with the bot in Slack larger than this are not "
+                                     "downloaded (MAX_FILE_MB still applies to what is ingested).")
+    max_question_chars: int = Field(2000, description="Longer Slack questions get a friendly reply instead of an answer.")
+    answers_per_minute: int = Field(10, description="Questions one Slack user may ask per minute (0 = unlimited); "
+                                    "beyond it the bot asks them to wait.")
+    http_host: str = Field("0.0.0.0", description="Interface `flywheel bot --http` listens on (uvicorn).")
 
     # --- training (LoRA fine-tuning, the eval gate) ---------------------------------------------
     lora_r: int = Field(16, description="LoRA rank.")
@@ -216,6 +236,11 @@ class Settings(BaseSettings):
     def checkpoints_path(self) -> Path:
         return self.home / "conversations.db"
 
+    @property
+    def slack_files_dir(self) -> Path:
+        """Files admins shared with the bot in Slack, kept by name so a re-shared file replaces its old version."""
+        return self.home / "slack_files"
+
     def ensure_dirs(self) -> None:
         for path in (self.home, self.chroma_dir, self.bm25_dir, self.models_dir, self.adapters_dir, self.datasets_dir,
                      self.retrievers_dir):
@@ -238,3 +263,18 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings (tests build their own `Settings(home=tmp_path)`)."""
     return Settings()
+
+
+# Other services' secrets, as they appear in the environment (the fields with validation aliases above).
+SECRET_ENV_PREFIXES: tuple[str, ...] = ("SLACK_",)
+SECRET_ENV_NAMES: frozenset[str] = frozenset({"ANTHROPIC_API_KEY", "OPENAI_API_KEY"})
+
+
+def scrubbed_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """A copy of `environ` (default: this process's) without Slack tokens and model-API keys.
+
+    For child processes that never talk to those services (the training runs): a crash dump, a
+    library's telemetry or a `/proc/<pid>/environ` read of that process then cannot leak them."""
+    source = dict(os.environ if environ is None else environ)
+    return {name: value for name, value in source.items()
+            if not name.startswith(SECRET_ENV_PREFIXES) and name not in SECRET_ENV_NAMES}

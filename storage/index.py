@@ -264,6 +264,15 @@ class LexicalIndex:
             self._retriever = bm25s.BM25.load(str(self.dir), show_progress=False) if self._ids else None
         self._loaded_stamp = stamp
 
+    def known(self, wanted: set[str]) -> set[str]:
+        """The analyzed terms (storage.text.terms) of `wanted` that occur in at least one indexed chunk."""
+        with self._lock:
+            self._load()
+            if self._retriever is None:
+                return set()
+            vocab = self._retriever.vocab_dict
+            return {t for t in wanted if t in vocab}
+
     def query(self, text: str, k: int, sources: list[str] | None = None) -> list[tuple[str, float]]:
         """(chunk id, BM25 score), best first; only chunks that share a term with the query."""
         with self._lock:

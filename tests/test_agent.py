@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from agent.graph import Agent
+from agent.grounding import unknown_names
 from agent.prompts import NOT_FOUND
 from storage.samples import sample_questions, unanswerable_questions
 
@@ -66,6 +67,18 @@ def test_unanswerable_question_says_so_with_closest_sources(agent):
         assert not answer.grounded, (item["question"], answer.answer)
         assert answer.answer.startswith(NOT_FOUND)
         assert not answer.citations
+
+
+def test_a_question_about_something_the_documents_never_name_is_refused_naming_it(agent):
+    answer = agent.answer("Which Kubernetes version do the production clusters run?")
+    assert answer.refused and not answer.citations and not answer.prompt  # the model isn't asked
+    assert "never mention “Kubernetes”" in answer.answer
+
+
+def test_names_in_answerable_sample_questions_are_all_known(agent):
+    # London, Ledgerly, Harbor Assist, Friday, SEV1: a name the documents do use never blocks an answer.
+    for item in sample_questions():
+        assert unknown_names(item["question"], agent.kb.lexical.known) == [], item["question"]
 
 
 def test_smalltalk_skips_retrieval(agent):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from agent.grounding import check_draft, choose_quote, is_navigation, named_rows
+from agent.grounding import check_draft, choose_quote, is_navigation, named_rows, names, unknown_names
 from storage.text import split_sentences, terms
 
 
@@ -176,3 +176,23 @@ def test_chinese_sentences_are_statements_not_navigation(embed):
     assert "600元。超过" in quote.answer  # CJK sentences are joined without a space
     checked = check_draft("出差住宿每晚最高报销600元 [1]。", "出差住宿每晚最多可以报销多少钱？", CHINESE, embed)
     assert checked.supported and "600元" in checked.answer
+
+
+def test_names_are_acronyms_mixed_case_digits_and_capitalized_words_mid_sentence():
+    assert names("How do I run SQLite aggregate queries on a GPU to make them faster?") == ["SQLite", "GPU"]
+    assert names("Which Python version do I need for FTS5?") == ["Python", "FTS5"]
+    assert names("How do I compile it to WebAssembly for a browser tab?") == ["WebAssembly"]
+    # Sentence starts and "I" are capitalized by grammar, not because they name something.
+    assert names("Where do I file expenses? Receipts go where?") == []
+
+
+def test_german_nouns_are_not_names():
+    assert names("Wie viele Überstunden müssen vorher genehmigt werden?") == []
+    assert names("Wie viele Überstunden darf ich im Q3 machen?") == ["Q3"]  # letters with digits still are
+
+
+def test_a_name_the_documents_never_mention_is_unknown():
+    corpus = terms("SQLite aggregate queries run on the CPU; see the Python sqlite3 module.")
+    known = lambda wanted: wanted & corpus  # noqa: E731 - the BM25 vocabulary's role
+    assert unknown_names("How do I run SQLite aggregate queries on a GPU?", known) == ["GPU"]
+    assert unknown_names("Which Python version has the sqlite3 module?", known) == []
