@@ -259,7 +259,9 @@ def build_app(
     from bot.answering import register_answering
     from bot.commands import register_commands
     from bot.feedback import register_feedback
+    from bot.files import register_files
 
+    register_files(bot)  # before answering: the first listener that matches an event with files wins
     register_answering(bot)
     register_feedback(bot)
     register_commands(bot)

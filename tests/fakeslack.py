@@ -125,6 +125,8 @@ class FakeSlack:
         self._views: dict[str, Json] = {}
         self._home_views: dict[str, Json] = {}
         self._dm_channels: dict[str, str] = {}
+        self._files: dict[str, Json] = {}       # files.info objects, keyed by file id
+        self._file_data: dict[str, bytes] = {}  # what url_private_download serves, keyed by file id
         self._failures: dict[str, list[tuple[int, int]]] = {}
         # Owned by the event-loop thread only:
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -410,6 +412,46 @@ class FakeSlack:
         if message is not None and message["user"]:
             event["item_user"] = message["user"]
         return self._event(event)
+
+    def share_file(self, user: str, channel: str, name: str, data: bytes, text: str = "", *,
+                   mention: bool = False, thread_ts: str | None = None, filetype: str | None = None,
+                   size: int | None = None, stub: bool = False) -> Json:
+        """A person shares a file: a DM `message` (subtype file_share) or, with `mention`, an
+        `app_mention` carrying `files`. The file is served at its `url_private_download` to bot tokens
+        only (others get Slack's HTML login page, as without files:read). `size` overrides the
+        declared size; `stub` sends only `{id, file_access: check_file_info}` so the bot needs files.info."""
+        with self._lock:
+            file_id = "F%08d" % next(self._ids)
+            url = f"{self.api_url.rsplit('/api/', 1)[0]}/files-pri/{self.team_id}-{file_id}/download/{name}"
+            info: Json = {"id": file_id, "created": int(time.time()), "timestamp": int(time.time()), "name": name,
+                          "title": name, "mimetype": "application/octet-stream",
+                          "filetype": filetype or (name.rsplit(".", 1)[-1] if "." in name else "text"),
+                          "user": user, "mode": "hosted", "is_external": False,
+                          "size": len(data) if size is None else size,
+                          "url_private": url, "url_private_download": url + "?download=1"}
+            self._files[file_id], self._file_data[file_id] = info, data
+        files = [{"id": file_id, "mode": "hidden_by_limit", "file_access": "check_file_info"} if stub
+                 else copy.deepcopy(info)]
+        if mention:
+            if f"<@{self.bot_user_id}>" not in text:
+                text = f"<@{self.bot_user_id}> {text}".rstrip()
+            event = self._user_message(user, channel, text, thread_ts, "app_mention")
+        else:
+            event = self._user_message(user, channel, text, thread_ts, "message")
+            event.update(subtype="file_share", upload=True, channel_type=_channel_type(channel))
+        event["files"] = files
+        return self._event(event)
+
+    def handle_file_download(self, path: str, token: str | None) -> tuple[int, str, bytes]:
+        """GET of a url_private(_download): (status, content type, body)."""
+        with self._lock:
+            self._calls.append({"method": "files-pri", "params": {"path": path}, "token": token, "status": 200})
+            file_id = path.split("/")[2].rsplit("-", 1)[-1] if path.count("/") >= 3 else ""
+            if file_id not in self._file_data:
+                return 404, "text/plain", b"not found"
+            if not token or not token.startswith("xoxb-"):
+                return 200, "text/html; charset=utf-8", b"<!DOCTYPE html><html><body>Sign in to Slack</body></html>"
+            return 200, "application/octet-stream", self._file_data[file_id]
 
     def home_opened(self, user: str) -> Json:
         with self._lock:
@@ -846,6 +888,12 @@ class FakeSlack:
                 "profile": {"real_name": f"User {uid}", "display_name": uid.lower()}}
         return {"user": {**user, **self.users.get(uid, {})}}
 
+    def _api_files_info(self, p: Json) -> Json:
+        info = self._files.get(str(p.get("file", "")))
+        if info is None:
+            raise _ApiError("file_not_found")
+        return {"file": copy.deepcopy(info), "comments": [], "response_metadata": {"next_cursor": ""}}
+
     def _api_views_open(self, p: Json) -> Json:
         if not isinstance(p.get("view"), dict):
             raise _ApiError("invalid_arguments")
@@ -913,6 +961,12 @@ class _ApiHandler(BaseHTTPRequestHandler):
         if url.path.startswith("/response/"):
             status, text = self.fake.handle_response_url(url.path.rsplit("/", 1)[-1], raw)
             self._reply(status, {}, text.encode(), "text/plain")
+            return
+        if url.path.startswith("/files-pri/"):
+            auth = self.headers.get("Authorization", "")
+            status, content_type, data = self.fake.handle_file_download(
+                url.path, auth[len("Bearer "):] if auth.startswith("Bearer ") else None)
+            self._reply(status, {}, data, content_type)
             return
         if not url.path.startswith("/api/"):
             self._reply(404, {}, b'{"ok": false, "error": "unknown_path"}', "application/json")
