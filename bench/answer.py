@@ -15,11 +15,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from report import add_report_argument, record
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--questions", type=int, default=8)
     parser.add_argument("--home", type=Path, default=None, help="Reuse a FLYWHEEL_HOME (default: a temp dir).")
+    add_report_argument(parser)
     args = parser.parse_args()
 
     from agent.graph import Agent
@@ -43,7 +46,7 @@ def main() -> None:
                          "tokens_per_s": round(len(tokens) / generate_s, 1) if generate_s else None})
         ttft = sorted(r["first_token_ms"] for r in rows if r["first_token_ms"])
         total = sorted(r["total_ms"] for r in rows)
-        print(json.dumps({
+        result = {
             "questions": len(rows),
             "model": agent.generator.name,
             "first_load_s": round(load_s, 1),
@@ -52,7 +55,9 @@ def main() -> None:
             "total_p50_ms": round(statistics.median(total), 1),
             "total_max_ms": total[-1],
             "tokens_per_s_mean": round(statistics.fmean(r["tokens_per_s"] for r in rows if r["tokens_per_s"]), 1),
-        }))
+        }
+        print(json.dumps(result))
+        record("answer", result, args.report)
 
 
 if __name__ == "__main__":

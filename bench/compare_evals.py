@@ -18,6 +18,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
+from report import add_report_argument, record
 from training.gate import paired_bootstrap, sign_test
 
 
@@ -54,11 +55,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("before", type=Path)
     parser.add_argument("after", type=Path)
+    add_report_argument(parser)
     args = parser.parse_args()
     before, after = load(args.before), load(args.after)
-    print(json.dumps({"before": {"file": str(args.before), **summary(list(before.values()))},
-                      "after": {"file": str(args.after), **summary(list(after.values()))},
-                      "paired": compare(before, after)}))
+    result = {"before": {"file": str(args.before), **summary(list(before.values()))},
+              "after": {"file": str(args.after), **summary(list(after.values()))},
+              "paired": compare(before, after)}
+    print(json.dumps(result))
+    record("compare_evals", result, args.report)
 
 
 if __name__ == "__main__":

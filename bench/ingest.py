@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from report import add_report_argument, record
+
 
 def run(paths: list[Path], home: Path) -> dict:
     from storage.config import Settings
@@ -43,6 +45,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pages", type=int, default=200, help="Generate and ingest a PDF of this many pages.")
     parser.add_argument("--path", type=Path, nargs="*", default=[], help="Also ingest these files/folders.")
+    add_report_argument(parser)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -50,9 +53,13 @@ def main() -> None:
             pdf = tmp / f"generated-{args.pages}-pages.pdf"
             maker = Path(__file__).with_name("make_big_pdf.py")
             subprocess.run([sys.executable, str(maker), str(pdf), "--pages", str(args.pages)], check=True)
-            print(json.dumps(run([pdf], tmp / "home-pdf")), flush=True)
+            result = run([pdf], tmp / "home-pdf")
+            print(json.dumps(result), flush=True)
+            record("ingest", result, args.report)
         if args.path:
-            print(json.dumps(run(args.path, tmp / "home-paths")), flush=True)
+            result = run(args.path, tmp / "home-paths")
+            print(json.dumps(result), flush=True)
+            record("ingest", result, args.report)
 
 
 if __name__ == "__main__":

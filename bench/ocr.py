@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pymupdf
 
+from report import add_report_argument, record
 from storage.pdf import OCR_DPI, parse_pdf, tessdata_dir
 
 PROSE = (
@@ -45,6 +46,7 @@ def main() -> None:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
     parser.add_argument("--pages", type=int, default=5, help="Scanned pages to generate and OCR.")
+    add_report_argument(parser)
     args = parser.parse_args()
     if tessdata_dir() is None:
         sys.exit("Tesseract's English data is not installed: apt-get install tesseract-ocr tesseract-ocr-eng")
@@ -57,6 +59,7 @@ def main() -> None:
     result = {"pages": args.pages, "pages_with_text": read, "words": words, "dpi": OCR_DPI,
               "seconds": round(seconds, 2), "pages_per_s": round(args.pages / seconds, 3)}
     print(json.dumps(result), flush=True)
+    record("ocr", result, args.report)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from report import add_report_argument, record
+
 WORDS = (
     "deploy rollback canary cluster replica index query journal page cache latency budget expense invoice "
     "policy travel hotel flight oncall incident severity pager escalation handbook onboarding laptop "
@@ -85,6 +87,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--chunks", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--queries", type=int, default=200)
+    add_report_argument(parser)
     args = parser.parse_args()
     for n in args.chunks:
         with tempfile.TemporaryDirectory() as tmp:
@@ -93,6 +96,7 @@ def main() -> None:
             build_s = time.perf_counter() - started
             result = {"chunks": n, "build_s": round(build_s, 1), **measure(kb, args.queries)}
             print(json.dumps(result), flush=True)
+            record("retrieval", result, args.report)
 
 
 if __name__ == "__main__":

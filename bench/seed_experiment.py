@@ -22,6 +22,8 @@ import random
 import time
 from pathlib import Path
 
+from report import add_report_argument, record
+
 
 def subset(dataset_dir: Path, out_dir: Path, pairs: int, notfound_share: float, seed: int = 0) -> dict[str, int]:
     """`pairs` distilled SFT rows drawn with `seed` (teacher refusals count as pairs) and a proportional
@@ -77,6 +79,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--home", type=Path, default=Path("bench/out/seed-home"))
     parser.add_argument("--out", type=Path, default=Path("bench/out/seed"))
+    add_report_argument(parser)
     args = parser.parse_args()
 
     from agent.evaluate import load_qa
@@ -118,6 +121,7 @@ def main() -> None:
                    **{k: final.get(k, 0.0) for k in ("accuracy", "false_refusal", "correct_refusal", "produced_by_model")}}
             runs.append(run)
             print(json.dumps(run), flush=True)
+            record("seed_experiment", run, args.report)
 
     rows = [{"pairs": n, "seeds": len([r for r in runs if r["pairs"] == n]),
              **{k: _spread([r[k] for r in runs if r["pairs"] == n])

@@ -35,6 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from report import add_report_argument, record  # noqa: E402  (bench/ is sys.path[0] when run as a script)
+
 
 @dataclass
 class _Passage:
@@ -116,6 +118,7 @@ def main() -> None:
     parser.add_argument("--child", choices=["ours-all", "ours", "baseline"], help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    add_report_argument(parser)
     args = parser.parse_args()
     if args.child:
         child(args.child, args.model_dir, args.data, args.out, args.examples)
@@ -145,13 +148,15 @@ def main() -> None:
         seconds[which] = json.loads(results[-1][len("RESULT "):])["seconds"]
         print(f"{which}: {seconds[which]:.1f} s, {tokens / seconds[which]:.1f} tokens/s", file=sys.stderr, flush=True)
     speed = {which: tokens / s for which, s in seconds.items()}
-    print(json.dumps({
+    result = {
         "examples": len(rows), "real_tokens": tokens, "model": model_dir,
         **{f"{which}_tokens_per_s": round(v, 1) for which, v in speed.items()},
         **{f"{which}_seconds": round(s, 1) for which, s in seconds.items()},
         "speedup_all_layers": round(speed["ours-all"] / speed["baseline"], 2),
         "speedup": round(speed["ours"] / speed["baseline"], 2),
-    }, indent=2))
+    }
+    print(json.dumps(result, indent=2))
+    record("train_speed", result, args.report)  # the parent only: the --child runs print RESULT lines
 
 
 if __name__ == "__main__":
