@@ -4,9 +4,25 @@ Flow of one question (the listener returns at once; Bolt has already acked the e
 
     listener ── filter (bots, own messages, edits, deletions) ── WorkerPool.submit ──┬─ full → "busy" reply
                                                                                       └─ answer_question():
-        chat.postMessage "Searching the docs…" → assistant.threads.setStatus (best effort)
-        → agent.answer(thread_id="<channel>:<thread_ts>", on_token=…) with chat.update ≤ 1/s
-        → chat.update with the final answer, citations and 👍/👎 buttons → store.attach_message
+        assistant.threads.setStatus "is searching the docs…" + loading messages (best effort)
+        → agent.answer(thread_id="<channel>:<thread_ts>", on_shown=…)
+              each checked piece → chat.startStream / chat.appendStream (Slack's native streaming)
+        → store.attach_message → chat.stopStream(blocks=[sources, 👍/👎 feedback_buttons])
+
+Only text that has passed the grounding check is ever shown (`Agent.answer(on_shown=…)`): the pieces
+concatenate to exactly `Answer.answer`, so what a user watches appear is what stays — nothing is
+retracted or replaced. The model's unchecked draft (`on_token`) never reaches Slack.
+
+When the workspace rejects the streaming methods (`unknown_method`, `not_allowed_token_type`, …: the
+app has no agent features), the bot falls back to chat.postMessage + chat.update (at most one update
+per `settings.stream_interval` s) with the same final blocks, and remembers that for the rest of the
+process, so later answers don't try again.
+
+The answer is sent as standard Markdown (a `markdown` block, or the stream's markdown text) exactly as
+the agent wrote it: code fences, lists and links stay byte for byte; Slack renders it. Only mrkdwn
+fields we build ourselves (the notification text, the sources line) are escaped (&, <, >). An answer
+longer than Slack's 12,000-character markdown budget per message continues in further messages, cut
+at a paragraph, else a line, else a sentence boundary — never inside a code fence.
 
 The thread id gives follow-ups in a thread the agent's conversation memory.
 """
@@ -15,31 +31,42 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
 
 from bot.app import BUSY
+from bot.feedback import feedback_block
 
 if TYPE_CHECKING:
     from agent.graph import Answer
     from bot.app import FlywheelBot
+    from storage.db import Store
 
 log = logging.getLogger(__name__)
 
-PLACEHOLDER = "Searching the docs…"
+STATUS = "is searching the docs…"
+LOADING_MESSAGES = ["Searching the team's documents…", "Reading the best passages…",
+                    "Checking every sentence against its source…"]
+PLACEHOLDER = "Searching the docs…"  # fallback path only: the first visible message before any text
 SORRY = "Sorry — something went wrong while answering. The team has been notified in the logs."
 EMPTY = "Ask me a question about the team's documents, e.g. “How do I roll back a deploy?”"
-# Slack's limits: section text 3,000 chars, 50 blocks, message text 40,000 chars.
-SECTION_CHARS = 3000
-MAX_BLOCKS = 50
-MAX_TEXT = 39_000
-CURSOR = " ▍"
-# The model's words stream before the grounding check may replace them with a quote or a refusal,
-# so the stream is labelled as a draft: nobody should act on an unchecked sentence.
-DRAFT_NOTE = "_Draft — checking it against the documents…_\n"
+# Slack's limits: all markdown blocks of one message share 12,000 chars; one chat.appendStream call
+# carries ≤ 12,000 chars; context text 3,000; 50 blocks; notification text 40,000.
+MARKDOWN_CHARS = 12_000
+STREAM_CHARS = 12_000
+CONTEXT_CHARS = 3_000
+NOTIFICATION_CHARS = 3_000
+# Errors meaning "this workspace/app cannot use chat.*Stream at all" (agent features off, method
+# unknown to an older or on-prem API): remembered for the process. Any other error falls back for
+# the one answer only.
+STREAM_REJECTED = frozenset({"unknown_method", "not_allowed", "not_allowed_token_type", "feature_not_enabled",
+                             "method_not_supported", "not_enabled", "access_denied"})
 
 
 @dataclass
@@ -48,6 +75,28 @@ class Question:
     thread_ts: str
     user: str
     text: str
+    team: str = ""
+
+
+class StreamSupport:
+    """Whether this process streams natively. None until the first answer tries; False once the
+    workspace has rejected the streaming methods (then every later answer uses the update path)."""
+
+    def __init__(self) -> None:
+        self.enabled: bool | None = None
+        self._lock = threading.Lock()
+
+    def rejected(self, error: str) -> None:
+        with self._lock:
+            if self.enabled is not False:
+                log.warning("Slack rejected chat.startStream (%s): answering with chat.postMessage + chat.update "
+                            "from now on (enable the app's agent features to stream natively)", error)
+            self.enabled = False
+
+    def worked(self) -> None:
+        with self._lock:
+            if self.enabled is None:
+                self.enabled = True
 
 
 def strip_mention(text: str, bot_user_id: str) -> str:
@@ -65,14 +114,16 @@ def _is_from_bot(event: dict[str, Any], bot_user_id: str) -> bool:
 
 
 def register_answering(bot: FlywheelBot) -> None:
+    """The question listeners; the streaming choice they share lives as long as the bot (the process)."""
     app = bot.app
+    support = StreamSupport()
 
     @app.event("app_mention")
     def on_mention(event: dict[str, Any], context: Any) -> None:
         bot_user = bot.bot_user_id or context.get("bot_user_id") or ""
         if _is_from_bot(event, bot_user) or event.get("subtype"):
             return
-        enqueue_question(bot, event, bot_user)
+        enqueue_question(bot, event, bot_user, support, team=context.get("team_id") or "")
 
     @app.event("message")
     def on_message(event: dict[str, Any], context: Any) -> None:
@@ -83,66 +134,193 @@ def register_answering(bot: FlywheelBot) -> None:
         bot_user = bot.bot_user_id or context.get("bot_user_id") or ""
         if _is_from_bot(event, bot_user):
             return
-        enqueue_question(bot, event, bot_user)
+        enqueue_question(bot, event, bot_user, support, team=context.get("team_id") or "")
 
 
-def enqueue_question(bot: FlywheelBot, event: dict[str, Any], bot_user_id: str) -> None:
+def enqueue_question(bot: FlywheelBot, event: dict[str, Any], bot_user_id: str,
+                     support: StreamSupport | None = None, team: str = "") -> None:
+    """Hand one question to the worker pool, or tell the user at once why not (empty, busy)."""
     question = Question(
         channel=event["channel"],
         thread_ts=event.get("thread_ts") or event["ts"],  # say() would not thread; reply in the thread
         user=event.get("user") or "",
         text=strip_mention(event.get("text") or "", bot_user_id),
+        team=team or event.get("team") or "",
     )
     if not question.text:
         _post(bot.client, question, EMPTY)
         return
-    if not bot.pool.submit(answer_question, bot, question):
+    if not bot.pool.submit(answer_question, bot, question, support or StreamSupport()):
         log.warning("worker pool full: telling %s in %s to retry", question.user, question.channel)
         _post(bot.client, question, BUSY)
 
 
-def _post(client: WebClient, question: Question, text: str) -> str | None:
+def _post(client: WebClient, question: Question, text: str, blocks: list[dict[str, Any]] | None = None) -> str | None:
     try:
-        return client.chat_postMessage(channel=question.channel, thread_ts=question.thread_ts, text=text)["ts"]
+        return client.chat_postMessage(channel=question.channel, thread_ts=question.thread_ts, text=text,
+                                       blocks=blocks)["ts"]
     except Exception:
         log.exception("could not post to %s", question.channel)
         return None
 
 
-class _Streamer:
-    """Turns streamed tokens into chat.update calls, at most one per `interval` seconds
-    (Slack allows about one message write per second per channel)."""
+def _error_of(exc: SlackApiError) -> str:
+    return str(exc.response.get("error") if exc.response is not None else "") or "unknown"
 
-    def __init__(self, client: WebClient, channel: str, ts: str, interval: float) -> None:
-        self.client, self.channel, self.ts, self.interval = client, channel, ts, interval
-        self.text = ""
-        self.updates = 0
-        self._last = time.monotonic()
 
-    def push(self, token: str) -> None:
-        self.text += token
-        now = time.monotonic()
-        # The first words show at once (time to first token is what users feel); then ≤ 1 per interval.
-        if not self.text.strip() or (self.updates and now - self._last < self.interval):
+# --- delivery --------------------------------------------------------------------------------------
+class AnswerMessage:
+    """One answer's message in the thread. `show(piece)` makes checked text visible as it comes;
+    `finish(result)` completes it with sources and feedback buttons; `fail()` says sorry in it.
+
+    Natively streamed when `support` allows: chat.startStream on the first piece (so the assistant
+    status keeps showing until there is text), chat.appendStream per piece, chat.stopStream with the
+    blocks. Otherwise — or when that first chat.startStream is refused — a posted message edited with
+    chat.update at most once per `interval` seconds, and a final edit with the same blocks."""
+
+    def __init__(self, client: WebClient, question: Question, support: StreamSupport, interval: float) -> None:
+        self.client, self.question, self.support, self.interval = client, question, support, interval
+        self.shown = ""           # everything made visible so far, in order
+        self.ts: str | None = None
+        self._stream: Any = None  # slack_sdk ChatStream while natively streaming
+        self._tried = False       # chat_stream opened for this answer (at most once)
+        self._overflow = ""       # checked text beyond one stream message's budget, posted after it
+        self._last_write: float | None = None  # when text was last made visible on the fallback path
+        if support.enabled is False:
+            # Known fallback: a visible placeholder at once (there is no stream to show progress).
+            self.ts = _post(client, question, PLACEHOLDER)
+
+    @property
+    def streaming(self) -> bool:
+        return self._stream is not None
+
+    def show(self, piece: str) -> None:
+        """Make one more checked piece visible (the agent's on_shown callback)."""
+        if not piece:
             return
-        self._last = now
+        if not self._tried and self.ts is None and self.support.enabled is not False:
+            self._tried = True
+            kwargs: dict[str, Any] = {"channel": self.question.channel, "thread_ts": self.question.thread_ts}
+            if self.question.user and self.question.team:  # required outside DMs
+                kwargs.update(recipient_user_id=self.question.user, recipient_team_id=self.question.team)
+            # buffer_size=1: each checked piece goes out at once (pieces are whole sentences and
+            # chat.appendStream is Tier 4), so a sentence shows the moment it has passed the check.
+            self._stream = self.client.chat_stream(buffer_size=1, **kwargs)
+        if self.streaming:
+            if self._overflow or len(self.shown) + len(piece) > STREAM_CHARS:
+                self._overflow += piece  # posted as continuation messages once the answer is complete
+                return
+            self.shown += piece
+            self._append(piece)
+        else:
+            self.shown += piece
+            self._update_fallback()
+
+    def _append(self, piece: str) -> None:
         try:
-            shown = DRAFT_NOTE + to_mrkdwn(self.text[: MAX_TEXT - len(DRAFT_NOTE) - len(CURSOR)]) + CURSOR
-            self.client.chat_update(channel=self.channel, ts=self.ts, text=shown)
-            self.updates += 1
+            for part in _slices(piece, STREAM_CHARS):
+                self._stream.append(markdown_text=part)
+            if self.ts is None:
+                self.ts = self._stream.ts
+                self.support.worked()
+        except SlackApiError as exc:
+            error = _error_of(exc)
+            if self._stream.ts is None:  # chat.startStream itself was refused: nothing is visible yet
+                self._stream = None
+                if error in STREAM_REJECTED:
+                    self.support.rejected(error)
+                else:
+                    log.warning("chat.startStream failed in %s (%s): this answer uses chat.update",
+                                self.question.channel, error)
+                self._update_fallback()
+            else:  # the stream broke mid-answer (e.g. expired): the final chat.update completes it
+                log.warning("chat.appendStream failed in %s (%s); the final edit completes the answer",
+                            self.question.channel, error)
+                self.ts = self._stream.ts
+                self._stream = None
+
+    def _update_fallback(self) -> None:
+        """Post or edit the fallback message with the text so far: the first piece at once (time to
+        first text is what users feel), then at most one edit per interval; finish() sends the rest."""
+        text = self.shown[:MARKDOWN_CHARS]
+        if not text.strip():
+            return
+        now = time.monotonic()
+        if self._last_write is not None and now - self._last_write < self.interval:
+            return
+        self._last_write = now
+        if self.ts is None:
+            self.ts = _post(self.client, self.question, notification_text(text), [markdown_block(text)])
+            return
+        try:
+            self.client.chat_update(channel=self.question.channel, ts=self.ts, text=notification_text(text),
+                                    blocks=[markdown_block(text)])
         except Exception:  # a lost intermediate update is cosmetic; the final update still lands
-            log.warning("streaming update failed in %s", self.channel, exc_info=True)
+            log.warning("streaming update failed in %s", self.question.channel, exc_info=True)
+
+    def finish(self, result: Answer, store: Store | None = None, buttons: bool = True) -> str | None:
+        """Complete the message: the rest of the answer, then sources and feedback buttons. The
+        interaction is attached to the message before the buttons appear, so an early vote counts."""
+        answer = result.answer or ""
+        if answer.startswith(self.shown + self._overflow):
+            self.show(answer[len(self.shown) + len(self._overflow):])  # e.g. smalltalk: nothing was shown yet
+        else:  # never retract: what is visible stays, even if the agent's final text differs
+            log.error("checked pieces in %s are not a prefix of the final answer; keeping what was shown",
+                      self.question.channel)
+        tail = answer_tail(result, buttons=buttons)
+        if self.ts is None:  # nothing could be shown (empty answer, or posting failed): post it whole
+            messages = render_answer(result, buttons=buttons)
+            self.ts = _post(self.client, self.question, *messages[0])
+            self._attach(result, store)
+            for text, blocks in messages[1:]:
+                _post(self.client, self.question, text, blocks)
+            return self.ts
+        self._attach(result, store)
+        if self.streaming:
+            try:
+                self._stream.stop(blocks=tail or None)
+            except SlackApiError as exc:
+                log.warning("chat.stopStream failed in %s (%s); editing the message instead",
+                            self.question.channel, _error_of(exc))
+                self._edit(self.shown, tail)
+            rest = split_markdown(self._overflow, MARKDOWN_CHARS)
+        else:
+            first, *rest = split_markdown(self.shown, MARKDOWN_CHARS) or [" "]
+            self._edit(first, tail)
+        for text in rest:
+            _post(self.client, self.question, notification_text(text), [markdown_block(text)])
+        return self.ts
+
+    def _attach(self, result: Answer, store: Store | None) -> None:
+        if result.interaction_id and store is not None and self.ts:
+            store.attach_message(result.interaction_id, self.question.channel, self.ts)
+
+    def _edit(self, text: str, tail: list[dict[str, Any]]) -> None:
+        assert self.ts is not None
+        self.client.chat_update(channel=self.question.channel, ts=self.ts, text=notification_text(text),
+                                blocks=[markdown_block(text), *tail])
+
+    def fail(self) -> None:
+        """Tell the user the answer failed, in the message they are watching; text already shown stays."""
+        try:
+            if self.streaming and self.ts is not None:
+                self._stream.stop(markdown_text=("\n\n" if self.shown else "") + SORRY)
+            elif self.ts is not None and self.shown:
+                self._edit(self.shown[:MARKDOWN_CHARS - len(SORRY) - 2] + "\n\n" + SORRY, [])
+            elif self.ts is not None:
+                self.client.chat_update(channel=self.question.channel, ts=self.ts, text=SORRY, blocks=[])
+            else:
+                _post(self.client, self.question, SORRY)
+        except Exception:
+            log.exception("could not report the failure in %s", self.question.channel)
 
 
-def answer_question(bot: FlywheelBot, question: Question) -> None:
-    """Runs on a worker: placeholder, streamed updates, final answer. Never fails silently."""
+def answer_question(bot: FlywheelBot, question: Question, support: StreamSupport | None = None) -> None:
+    """Runs on a worker: status, checked pieces streamed, final blocks. Never fails silently."""
     client = bot.client
-    ts = _post(client, question, PLACEHOLDER)
-    if ts is None:
-        return
-    _set_status(client, question, PLACEHOLDER)
+    message = AnswerMessage(client, question, support or StreamSupport(), bot.settings.stream_interval)
+    _set_status(client, question, STATUS, LOADING_MESSAGES)
     try:
-        streamer = _Streamer(client, question.channel, ts, bot.settings.stream_interval)
         result = bot.agent.answer(
             question.text,
             thread_id=f"{question.channel}:{question.thread_ts}",
@@ -150,51 +328,120 @@ def answer_question(bot: FlywheelBot, question: Question) -> None:
             user_id=question.user,
             channel=question.channel,
             sources=bot.sources_for(question.channel),  # channel scope; private documents only in DMs
-            on_token=streamer.push,
+            on_shown=message.show,  # checked text only; the unchecked draft (on_token) is not shown
         )
-        if result.interaction_id:  # before the final update, so an early reaction already counts
-            bot.store.attach_message(result.interaction_id, question.channel, ts)
-        text, blocks = render_answer(result, buttons=bot.settings.feedback_buttons)
-        client.chat_update(channel=question.channel, ts=ts, text=text, blocks=blocks)
+        message.finish(result, bot.store, buttons=bot.settings.feedback_buttons)
     except Exception:
-        log.exception("answering %r in %s failed", question.text[:200], question.channel)
-        try:
-            client.chat_update(channel=question.channel, ts=ts, text=SORRY, blocks=[])
-        except Exception:
-            log.exception("could not report the failure in %s", question.channel)
+        log.exception("answering a question in %s failed", question.channel)  # no message text in logs
+        message.fail()
     finally:
         _set_status(client, question, "")
 
 
-def _set_status(client: WebClient, question: Question, status: str) -> None:
-    """assistant.threads.setStatus only works in assistant threads; elsewhere it fails — harmless."""
+def _set_status(client: WebClient, question: Question, status: str, loading: list[str] | None = None) -> None:
+    """assistant.threads.setStatus (with rotating loading messages): works in assistant threads and,
+    with chat:write, in channel threads; it clears itself when the answer is posted. Best effort:
+    a workspace without it just shows no status."""
     try:
-        client.assistant_threads_setStatus(channel_id=question.channel, thread_ts=question.thread_ts, status=status)
+        client.assistant_threads_setStatus(channel_id=question.channel, thread_ts=question.thread_ts,
+                                           status=status, loading_messages=loading or None)
+    except SlackApiError as exc:
+        if loading and _error_of(exc) == "invalid_arguments":  # an API without loading_messages
+            _set_status(client, question, status)
+        else:
+            log.debug("setStatus not available in %s: %s", question.channel, _error_of(exc))
     except Exception as exc:
-        log.debug("setStatus not available in %s: %s", question.channel, exc)
+        log.debug("setStatus failed in %s: %s", question.channel, exc)
 
 
 # --- rendering ------------------------------------------------------------------------------------
-def to_mrkdwn(text: str) -> str:
-    """Markdown from the model → Slack mrkdwn: escape &<>, **bold** → *bold*, [t](u) → <u|t>, # h → *h*."""
-    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    text = re.sub(r"\*\*(.+?)\*\*", r"*\1*", text)
-    text = re.sub(r"__(.+?)__", r"*\1*", text)
-    text = re.sub(r"\[([^\]]+)\]\((https?://[^)\s]+)\)", r"<\2|\1>", text)
-    text = re.sub(r"(?m)^#{1,6}\s+(.+)$", r"*\1*", text)
-    return text
+def escape_mrkdwn(text: str) -> str:
+    """Slack's three reserved characters in mrkdwn/plain fallback text (not in markdown blocks)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def split_text(text: str, limit: int = SECTION_CHARS) -> list[str]:
-    """Split on paragraph, then line, then word boundaries so each piece fits a section block."""
+def notification_text(text: str) -> str:
+    """The `text` that goes with blocks: what notifications and screen readers show."""
+    text = text.strip() or " "
+    if len(text) > NOTIFICATION_CHARS:
+        text = text[: NOTIFICATION_CHARS - 1].rstrip() + "…"
+    return escape_mrkdwn(text)
+
+
+def markdown_block(text: str) -> dict[str, Any]:
+    """Standard Markdown, sent verbatim: Slack renders code fences, lists and links itself."""
+    return {"type": "markdown", "text": text or " "}
+
+
+def _slices(text: str, limit: int) -> Iterator[str]:
+    for start in range(0, len(text), limit):
+        yield text[start:start + limit]
+
+
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+_BOUNDARIES = (
+    re.compile(r"\n[ \t]*\n"),         # paragraph
+    re.compile(r"\n"),                 # line
+    re.compile(r"(?<=[.!?])[ \t]+"),   # sentence
+    re.compile(r"[ \t]+"),             # word
+)
+
+
+def _fences(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, opening line) of each fenced code block; an unclosed fence runs to the end."""
+    spans: list[tuple[int, int, str]] = []
+    opened: tuple[int, str, str] | None = None  # (start, marker, opening line)
+    pos = 0
+    for line in text.splitlines(keepends=True):
+        match = _FENCE.match(line)
+        if match:
+            marker = match.group(1)
+            if opened is None:
+                opened = (pos, marker, line.rstrip("\n"))
+            elif marker[0] == opened[1][0] and len(marker) >= len(opened[1]) and not line[match.end():].strip():
+                spans.append((opened[0], pos + len(line), opened[2]))
+                opened = None
+        pos += len(line)
+    if opened is not None:
+        spans.append((opened[0], len(text), opened[2]))
+    return spans
+
+
+def split_markdown(text: str, limit: int = MARKDOWN_CHARS) -> list[str]:
+    """Cut Markdown into pieces of ≤ `limit` chars that each render on their own: at the last
+    paragraph break that fits, else line break, else sentence end, else space — never inside a fenced
+    code block. Pieces are exact slices (their concatenation is `text`), except when one code block
+    alone exceeds the limit: it is closed and reopened (same info string) at a line break, so the
+    code's own bytes are still unchanged."""
     pieces: list[str] = []
-    rest = text.strip()
+    rest = text
     while len(rest) > limit:
-        cut = max(rest.rfind("\n\n", 0, limit), rest.rfind("\n", 0, limit), rest.rfind(" ", 0, limit))
-        if cut <= 0:
-            cut = limit
-        pieces.append(rest[:cut].rstrip())
-        rest = rest[cut:].lstrip()
+        spans = _fences(rest)
+        inside = lambda pos: any(start < pos < end for start, end, _ in spans)  # noqa: E731
+        cut = 0
+        for boundary in _BOUNDARIES:
+            cuts = [m.end() for m in boundary.finditer(rest, 0, limit) if 0 < m.end() <= limit and not inside(m.end())]
+            if cuts:
+                cut = max(cuts)
+                break
+        if cut:
+            pieces.append(rest[:cut])
+            rest = rest[cut:]
+            continue
+        # Nothing safe in the window: it lies inside one code block longer than the limit (close it
+        # and reopen it after, so each piece renders as code), or it is one unbroken run of text.
+        span = next((sp for sp in spans if sp[0] == 0 and sp[1] > limit), None)
+        marker = _FENCE.match(span[2]).group(1) if span else ""  # type: ignore[union-attr]
+        if span is None or len(span[2]) + 2 * len(marker) + 2 >= limit:
+            pieces.append(rest[:limit])
+            rest = rest[limit:]
+            continue
+        opener = span[2]
+        room = limit - len(marker) - 1
+        cut = rest.rfind("\n", len(opener) + 1, room) + 1 or room  # after a whole code line if one fits
+        head = rest[:cut]
+        pieces.append(head + ("" if head.endswith("\n") else "\n") + marker)
+        rest = opener + "\n" + rest[cut:]
     if rest:
         pieces.append(rest)
     return pieces
@@ -209,34 +456,21 @@ def citation_line(citation: dict[str, Any]) -> str:
     return f"[{citation.get('n')}] {where}"
 
 
-def feedback_actions(interaction_id: str) -> dict[str, Any]:
-    return {
-        "type": "actions",
-        "block_id": "feedback",
-        "elements": [
-            {"type": "button", "action_id": "feedback_up", "value": interaction_id,
-             "text": {"type": "plain_text", "text": "👍 Helpful", "emoji": True}},
-            {"type": "button", "action_id": "feedback_down", "value": interaction_id,
-             "text": {"type": "plain_text", "text": "👎 Not helpful", "emoji": True}},
-        ],
-    }
-
-
-def render_answer(result: Answer, buttons: bool = True) -> tuple[str, list[dict[str, Any]]]:
-    """(fallback text, blocks) for the final message, within Slack's size limits."""
-    body = to_mrkdwn(result.answer or "")
-    if len(body) > MAX_TEXT:
-        body = body[: MAX_TEXT - 20].rstrip() + "\n… (truncated)"
-    sections = split_text(body) or [" "]
+def answer_tail(result: Answer, buttons: bool = True) -> list[dict[str, Any]]:
+    """The blocks under the answer: its numbered sources, and 👍/👎 for a real question."""
     tail: list[dict[str, Any]] = []
     if result.citations:
-        lines = "\n".join(to_mrkdwn(citation_line(c)) for c in result.citations)
-        tail.append({"type": "context", "block_id": "citations",
-                     "elements": [{"type": "mrkdwn", "text": lines[:SECTION_CHARS]}]})
+        lines = escape_mrkdwn("\n".join(citation_line(c) for c in result.citations))
+        tail.append({"type": "context", "elements": [{"type": "mrkdwn", "text": lines[:CONTEXT_CHARS]}]})
     if buttons and result.interaction_id and result.route == "question":
-        tail.append(feedback_actions(result.interaction_id))
-    room = MAX_BLOCKS - len(tail)
-    if len(sections) > room:
-        sections = sections[: room - 1] + ["… (truncated)"]
-    blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": s}} for s in sections] + tail
-    return body, blocks
+        tail.append(feedback_block(result.interaction_id))
+    return tail
+
+
+def render_answer(result: Answer, buttons: bool = True) -> list[tuple[str, list[dict[str, Any]]]]:
+    """The finished answer as Slack messages, each (notification text, blocks): the answer in
+    `markdown` blocks split by `split_markdown`, sources and feedback buttons on the first message
+    (the one reactions and votes are attached to), the rest of a long answer in the messages after."""
+    parts = split_markdown(result.answer or "", MARKDOWN_CHARS) or [" "]
+    first = [markdown_block(parts[0]), *answer_tail(result, buttons)]
+    return [(notification_text(parts[0]), first)] + [(notification_text(p), [markdown_block(p)]) for p in parts[1:]]

@@ -1,5 +1,10 @@
 """Feedback on answers: emoji reactions, 👍/👎 buttons and the "what was wrong?" modal.
 
+The buttons are Slack's native `feedback_buttons` element in a `context_actions` block under the answer
+(`feedback_block`); the clicked button's value is `up:<interaction id>` or `down:<interaction id>`.
+Messages posted before that carry the older `feedback_up` / `feedback_down` buttons, which keep working.
+All three clicks, and reactions, store the vote through `Store.set_vote`.
+
 Every vote lands in the `feedback` table, one row per (answer, user): a later vote replaces an
 earlier one, a removed reaction records 0 — but only when the stored vote points the same way as
 the removed emoji (removing 👍 after clicking 👎 keeps the 👎). Reactions count only on the bot's
@@ -41,6 +46,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MODAL_CALLBACK = "feedback_modal"
+FEEDBACK_ACTION = "flywheel_feedback"  # action_id of the native feedback_buttons element
+LEGACY_ACTIONS = {"feedback_up": +1, "feedback_down": -1}  # buttons on answers posted by older versions
+VOTE_VALUES = {"up": +1, "down": -1}
 THANKS = "Thanks for the feedback!"
 SKIN_TONE = re.compile(r"::skin-tone-\d$")
 TEAM_ANSWERS_FILE = "team-answers.md"
@@ -61,6 +69,33 @@ def reaction_vote(name: str, up: set[str], down: set[str]) -> int | None:
     if emoji in down:
         return -1
     return None
+
+
+def feedback_block(interaction_id: str) -> dict[str, Any]:
+    """👍/👎 as Slack's native feedback_buttons (only valid inside a context_actions block). Each
+    button's value names the vote and the answer, so a click needs no lookup by message."""
+
+    def button(emoji: str, vote: str, label: str) -> dict[str, Any]:
+        return {"text": {"type": "plain_text", "text": emoji, "emoji": True},
+                "value": f"{vote}:{interaction_id}", "accessibility_label": label}
+
+    return {
+        "type": "context_actions",
+        "elements": [{
+            "type": "feedback_buttons",
+            "action_id": FEEDBACK_ACTION,
+            "positive_button": button("👍", "up", "This answer helped"),
+            "negative_button": button("👎", "down", "This answer was wrong or did not help"),
+        }],
+    }
+
+
+def parse_feedback_value(value: str) -> tuple[int, str] | None:
+    """`up:<id>` → (+1, id); `down:<id>` → (-1, id); anything else (forged, truncated) → None."""
+    vote, _, interaction_id = (value or "").partition(":")
+    if vote not in VOTE_VALUES or not interaction_id:
+        return None
+    return VOTE_VALUES[vote], interaction_id
 
 
 def register_feedback(bot: FlywheelBot) -> None:
@@ -94,27 +129,26 @@ def register_feedback(bot: FlywheelBot) -> None:
     def on_reaction_removed(event: dict[str, Any]) -> None:
         on_reaction(event, removed=True)
 
+    @app.action(FEEDBACK_ACTION)
+    def on_feedback_buttons(ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
+        ack()
+        parsed = parse_feedback_value(action.get("value") or "")
+        if parsed is None:
+            log.warning("feedback_buttons click with an unreadable value")
+            return
+        vote, interaction_id = parsed
+        _vote_clicked(bot, body, interaction_id, vote)
+
+    # Answers posted before the native buttons carry two plain buttons whose value is the interaction id.
     @app.action("feedback_up")
     def on_feedback_up(ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
         ack()
-        interaction_id = _button_vote(bot, body, action, +1)
-        if interaction_id is None:
-            return
-        try:
-            channel = (body.get("channel") or {}).get("id") or body["container"]["channel_id"]
-            bot.client.chat_postEphemeral(channel=channel, user=body["user"]["id"], text=THANKS,
-                                          thread_ts=(body.get("container") or {}).get("thread_ts"))
-        except Exception:
-            log.warning("could not thank %s", body.get("user", {}).get("id"), exc_info=True)
+        _vote_clicked(bot, body, action.get("value") or "", LEGACY_ACTIONS["feedback_up"])
 
     @app.action("feedback_down")
     def on_feedback_down(ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
         ack()
-        interaction_id = _button_vote(bot, body, action, -1)
-        if interaction_id is None:
-            return
-        # trigger_id expires 3 s after the click: open the modal right here, not on a worker.
-        bot.client.views_open(trigger_id=body["trigger_id"], view=feedback_modal(interaction_id))
+        _vote_clicked(bot, body, action.get("value") or "", LEGACY_ACTIONS["feedback_down"])
 
     @app.view(MODAL_CALLBACK)
     def on_feedback_submitted(ack: Any, body: dict[str, Any], view: dict[str, Any]) -> None:
@@ -136,13 +170,22 @@ def register_feedback(bot: FlywheelBot) -> None:
                            user, correction)
 
 
-def _button_vote(bot: FlywheelBot, body: dict[str, Any], action: dict[str, Any], vote: int) -> str | None:
-    interaction_id = action.get("value") or ""
+def _vote_clicked(bot: FlywheelBot, body: dict[str, Any], interaction_id: str, vote: int) -> None:
+    """Store a button vote, then thank (👍) or open the "what was wrong?" modal (👎)."""
     if bot.store.interaction(interaction_id) is None:  # stale or forged button value
-        log.warning("feedback button for unknown interaction %r", interaction_id)
-        return None
+        log.warning("feedback button for unknown interaction %r", interaction_id[:64])
+        return
     bot.store.set_vote(interaction_id, body["user"]["id"], vote, source="button")
-    return interaction_id
+    if vote < 0:
+        # trigger_id expires 3 s after the click: open the modal right here, not on a worker.
+        bot.client.views_open(trigger_id=body["trigger_id"], view=feedback_modal(interaction_id))
+        return
+    try:
+        channel = (body.get("channel") or {}).get("id") or body["container"]["channel_id"]
+        bot.client.chat_postEphemeral(channel=channel, user=body["user"]["id"], text=THANKS,
+                                      thread_ts=(body.get("container") or {}).get("thread_ts"))
+    except Exception:
+        log.warning("could not thank %s", body.get("user", {}).get("id"), exc_info=True)
 
 
 def _input(values: dict[str, Any], block_id: str) -> str | None:

@@ -23,10 +23,20 @@ from slack_sdk.signature import SignatureVerifier
 from typer.testing import CliRunner
 
 from agent.graph import Agent
-from bot.answering import PLACEHOLDER, SORRY, render_answer, split_text
+from bot.answering import (
+    EMPTY,
+    MARKDOWN_CHARS,
+    PLACEHOLDER,
+    SORRY,
+    AnswerMessage,
+    Question,
+    StreamSupport,
+    render_answer,
+    split_markdown,
+)
 from bot.app import BUSY, ConfigError, FlywheelBot, _verify_identity, build_app
 from bot.commands import WORKING
-from bot.feedback import TEAM_ANSWERS_FILE, normalize_emoji, team_answers_path
+from bot.feedback import FEEDBACK_ACTION, TEAM_ANSWERS_FILE, normalize_emoji, team_answers_path
 from storage.config import Settings
 from storage.db import Store
 from tests.fakeslack import FakeSlack
@@ -94,10 +104,18 @@ def replies(fake: FakeSlack, channel: str, thread_ts: str) -> list[dict[str, Any
     return [m for m in fake.messages(channel, thread_ts, include_parent=False) if m["bot_id"]]
 
 
+def finished(message: dict[str, Any]) -> bool:
+    """A streamed answer is finished once chat.stopStream ran; a posted one (fallback path) once its
+    final edit added the blocks under the answer (sources, feedback buttons); a notice at once."""
+    if message.get("stream"):
+        return message["stream"]["state"] == "stopped"
+    return (message["text"] in (BUSY, SORRY, EMPTY)
+            or any(b["type"] != "markdown" for b in message["blocks"] or []))
+
+
 def final_answer(fake: FakeSlack, channel: str, thread_ts: str, timeout: float = 60) -> dict[str, Any]:
-    """The bot's finished reply in a thread: the final chat.update always carries blocks."""
-    return fake.wait_for(lambda: next(m for m in replies(fake, channel, thread_ts)
-                                      if m["blocks"] or m["text"] in (BUSY, SORRY)), timeout=timeout)
+    """The bot's finished reply in a thread."""
+    return fake.wait_for(lambda: next(m for m in replies(fake, channel, thread_ts) if finished(m)), timeout=timeout)
 
 
 def ask(fake: FakeSlack, text: str = QUESTION, channel: str = "C0001", user: str = "U1",
@@ -116,37 +134,95 @@ def feedback(store: Store, interaction_id: str, user: str) -> dict[str, Any] | N
     return store.vote_of(interaction_id, user)
 
 
+def feedback_buttons(message: dict[str, Any]) -> dict[str, Any] | None:
+    """The native feedback_buttons element of a message (inside its context_actions block)."""
+    actions = block(message, "context_actions")
+    return next((e for e in actions["elements"] if e["type"] == "feedback_buttons"), None) if actions else None
+
+
+def assert_only_grew(message: dict[str, Any]) -> list[str]:
+    """Every streaming call's visible text extends the one before: nothing shown was taken back."""
+    texts = message["stream"]["texts"]
+    for before, after in zip(texts, texts[1:], strict=False):
+        assert after.startswith(before) and len(after) >= len(before), (before, after)
+    return texts
+
+
 # --- questions ---------------------------------------------------------------------------------------
-def test_mention_gets_a_threaded_answer_with_citations_and_buttons(fake: FakeSlack, bot: FlywheelBot) -> None:
+def test_mention_is_streamed_natively_and_the_visible_text_only_grows(fake: FakeSlack, bot: FlywheelBot) -> None:
     thread, answer = ask(fake)
-    assert answer["thread_ts"] == thread
-    assert answer["updates"][0]["text"] == PLACEHOLDER  # the placeholder came first, then was edited
-    assert "<@UBOT>" not in answer["text"]
-    context = block(answer, "context")
-    assert context and context["elements"][0]["text"].startswith("[1] ")
-    actions = block(answer, "actions")
-    assert actions and [e["action_id"] for e in actions["elements"]] == ["feedback_up", "feedback_down"]
+    assert answer["thread_ts"] == thread and "<@UBOT>" not in answer["text"]
+    methods = [c["method"] for c in fake.calls() if c["method"].startswith("chat.")]
+    assert methods[0] == "chat.startStream" and methods[-1] == "chat.stopStream", methods
+    assert "chat.update" not in methods and "chat.postMessage" not in methods  # no draft, no placeholder edits
+    start = fake.calls("chat.startStream")[0]["params"]
+    assert (start["recipient_user_id"], start["recipient_team_id"]) == ("U1", "T0001")  # needed in channels
+    texts = assert_only_grew(answer)
+    assert len(texts) >= 3, texts  # several checked pieces, each appended as it came
     interaction = bot.store.interaction_by_message("C0001", answer["ts"])
     assert interaction and interaction["surface"] == "slack" and interaction["user_id"] == "U1"
+    assert answer["text"] == interaction["answer"]  # what was streamed is exactly what is stored
     assert interaction["question"] == QUESTION  # the mention was stripped
     assert interaction["conversation_id"] == f"C0001:{thread}"
-    assert actions["elements"][0]["value"] == interaction["id"]
-    assert fake.calls("assistant.threads.setStatus")
+    status = fake.calls("assistant.threads.setStatus")[0]["params"]
+    assert status["status"] and status["loading_messages"]
+
+
+def test_final_message_carries_sources_and_native_feedback_buttons_stored_as_votes(
+        fake: FakeSlack, bot: FlywheelBot) -> None:
+    _, answer = ask(fake)
+    iid = bot.store.interaction_by_message("C0001", answer["ts"])["id"]
+    stop = fake.calls("chat.stopStream")[0]["params"]
+    assert [b["type"] for b in stop["blocks"]][-1] == "context_actions"  # attached when the stream stops
+    buttons = feedback_buttons(answer)
+    assert buttons and buttons["action_id"] == FEEDBACK_ACTION
+    assert block(answer, "actions") is None  # no old-style buttons on new answers
+    citations = block(answer, "context")
+    assert citations is None or citations["elements"][0]["text"].startswith("[1] ")
+
+    fake.click_feedback("U2", "C0001", answer["ts"], positive=True)
+    row = fake.wait_for(lambda: feedback(bot.store, iid, "U2"))
+    assert (row["vote"], row["source"]) == (1, "button")
+    fake.wait_for(lambda: any(e["user"] == "U2" for e in fake.ephemerals()))  # thanked
+    db_row = bot.store.query("SELECT vote, source FROM feedback WHERE interaction_id = ? AND user_id = ?",
+                             (iid, "U2"))
+    assert [dict(r) for r in db_row] == [{"vote": 1, "source": "button"}]
+
+    fake.click_feedback("U2", "C0001", answer["ts"], positive=False)  # changes the vote, opens the form
+    fake.wait_for(lambda: feedback(bot.store, iid, "U2")["vote"] == -1)
+    opened = fake.wait_for(lambda: fake.calls("views.open"))[0]["response"]["view"]
+    assert opened["private_metadata"] == iid
+    assert bot.store.scalar("SELECT COUNT(*) FROM feedback WHERE interaction_id = ?", (iid,)) == 1
+
+
+def test_old_feedback_buttons_on_earlier_answers_still_vote(fake: FakeSlack, bot: FlywheelBot) -> None:
+    """Answers posted before the native buttons carry feedback_up/feedback_down with the interaction id."""
+    _, answer = ask(fake)
+    iid = bot.store.interaction_by_message("C0001", answer["ts"])["id"]
+    old = WebClient(token="xoxb-test", base_url=fake.api_url).chat_postMessage(
+        channel="C0001", thread_ts=answer["thread_ts"], text="an answer from an older version", blocks=[{
+            "type": "actions", "block_id": "feedback", "elements": [
+                {"type": "button", "action_id": action, "value": iid, "text": {"type": "plain_text", "text": label}}
+                for action, label in (("feedback_up", "👍 Helpful"), ("feedback_down", "👎 Not helpful"))]}])
+    fake.click("U5", "C0001", old["ts"], "feedback_down", iid)
+    fake.wait_for(lambda: (feedback(bot.store, iid, "U5") or {}).get("vote") == -1)
+    fake.click("U5", "C0001", old["ts"], "feedback_up", iid)
+    fake.wait_for(lambda: (feedback(bot.store, iid, "U5") or {}).get("vote") == 1)
 
 
 def test_dm_is_answered_and_buttons_can_be_turned_off(fake: FakeSlack, make_bot: Callable[..., FlywheelBot]) -> None:
     bot = make_bot(feedback_buttons=False)
     env = fake.dm("U1", QUESTION)
     answer = final_answer(fake, "D0001", env["payload"]["event"]["ts"])
-    assert block(answer, "section") and block(answer, "actions") is None
-    assert bot.store.interaction_by_message("D0001", answer["ts"])
+    assert answer["stream"]["state"] == "stopped" and feedback_buttons(answer) is None
+    assert answer["text"] == bot.store.interaction_by_message("D0001", answer["ts"])["answer"]
 
 
 def test_follow_up_in_thread_uses_the_thread_memory(fake: FakeSlack, bot: FlywheelBot) -> None:
     thread, _ = ask(fake)
     fake.mention("U1", "C0001", "<@UBOT> and what does shipit compare?", thread_ts=thread)
-    fake.wait_for(lambda: len([m for m in replies(fake, "C0001", thread) if m["blocks"]]) == 2, timeout=60)
-    second = [m for m in replies(fake, "C0001", thread) if m["blocks"]][1]
+    fake.wait_for(lambda: len([m for m in replies(fake, "C0001", thread) if finished(m)]) == 2, timeout=60)
+    second = [m for m in replies(fake, "C0001", thread) if finished(m)][1]
     row = bot.store.interaction_by_message("C0001", second["ts"])
     assert row["question"] == "and what does shipit compare?"
     assert QUESTION in row["condensed_question"]
@@ -171,7 +247,8 @@ def test_bots_own_messages_edits_and_deletions_are_ignored(fake: FakeSlack, bot:
     last = fake.dm("U1", QUESTION)["payload"]["event"]["ts"]
     final_answer(fake, "D0001", last)
     time.sleep(0.5)
-    answered = [c["params"].get("thread_ts") for c in fake.calls("chat.postMessage")]
+    answered = [c["params"].get("thread_ts") for c in fake.calls()
+                if c["method"] in ("chat.postMessage", "chat.startStream")]
     assert answered == [original, last]
     assert len(replies(fake, "D0001", original)) == 1
 
@@ -204,7 +281,7 @@ def test_reactions_and_buttons_vote_change_and_modal(fake: FakeSlack, bot: Flywh
     assert store.scalar("SELECT COUNT(*) FROM feedback WHERE interaction_id = ?", (iid,)) == 1
 
     # Changed vote: 👎 button after the 👍 reaction; the modal opens on the same click.
-    fake.click("U2", "C0001", answer["ts"], "feedback_down", iid)
+    fake.click_feedback("U2", "C0001", answer["ts"], positive=False)
     fake.wait_for(lambda: (feedback(store, iid, "U2") or {}).get("vote") == -1)
     assert feedback(store, iid, "U2")["source"] == "button"
     opened = fake.wait_for(lambda: fake.calls("views.open"))[0]["response"]["view"]
@@ -228,7 +305,7 @@ def test_reactions_and_buttons_vote_change_and_modal(fake: FakeSlack, bot: Flywh
     assert feedback(store, iid, "U2")["vote"] == -1
 
     # 👍 button: vote stored, ephemeral thanks.
-    fake.click("U4", "C0001", answer["ts"], "feedback_up", iid)
+    fake.click_feedback("U4", "C0001", answer["ts"], positive=True)
     fake.wait_for(lambda: (feedback(store, iid, "U4") or {}).get("vote") == 1)
     fake.wait_for(lambda: any(e["user"] == "U4" for e in fake.ephemerals()))
 
@@ -247,7 +324,7 @@ def test_admin_correction_missing_from_the_docs_becomes_a_team_answer(fake: Fake
     iid = bot.store.interaction_by_message("C0001", answer["ts"])["id"]
     assert bot.agent.retriever.search(question).hits[0].source != TEAM_ANSWERS_FILE
 
-    fake.click(ADMIN, "C0001", answer["ts"], "feedback_down", iid)
+    fake.click_feedback(ADMIN, "C0001", answer["ts"], positive=False)
     opened = fake.wait_for(lambda: fake.calls("views.open"))[0]["response"]["view"]
     fake.submit_view(ADMIN, opened, {"correction": {"value": correction}})
     assert fake.wait_for(lambda: correction_uses(bot.store), timeout=60) == ["team_answer"]
@@ -338,12 +415,12 @@ def test_app_home_shows_stats_and_training_runs_for_admins(fake: FakeSlack, bot:
 
 
 # --- robustness ---------------------------------------------------------------------------------------
-def test_rate_limited_post_is_retried(fake: FakeSlack, bot: FlywheelBot) -> None:
-    fake.fail_next("chat.postMessage", status=429, retry_after=1)
+def test_rate_limited_stream_start_is_retried(fake: FakeSlack, bot: FlywheelBot) -> None:
+    fake.fail_next("chat.startStream", status=429, retry_after=1)
     _, answer = ask(fake)
-    assert block(answer, "section")
-    statuses = [c["status"] for c in fake.calls("chat.postMessage")]
-    assert statuses[:2] == [429, 200]
+    assert answer["stream"]["state"] == "stopped"
+    statuses = [c["status"] for c in fake.calls("chat.startStream")]
+    assert statuses == [429, 200]  # retried after Retry-After, not taken for a rejection of streaming
 
 
 def test_reconnects_after_disconnect_and_answers_again(fake: FakeSlack, bot: FlywheelBot) -> None:
@@ -351,7 +428,7 @@ def test_reconnects_after_disconnect_and_answers_again(fake: FakeSlack, bot: Fly
         fake.disconnect(how)
         fake.wait_for(lambda: fake.connections >= number and fake.connected, timeout=20)
         _, answer = ask(fake)
-        assert block(answer, "section")
+        assert answer["stream"]["state"] == "stopped"
 
 
 def test_back_pressure_replies_busy_instead_of_dropping(fake: FakeSlack,
@@ -399,7 +476,7 @@ def test_http_mode_verifies_signatures(fake: FakeSlack, make_bot: Callable[..., 
                       "event": event, "authorizations": [{"team_id": "T0001", "user_id": "UBOT", "is_bot": True}]})
     assert status == 200
     answer = final_answer(fake, "C0001", "1700000000.000100")
-    assert block(answer, "section")
+    assert answer["stream"]["state"] == "stopped" and answer["text"]
 
 
 def test_missing_or_rejected_tokens_give_a_clear_error(fake: FakeSlack, tmp_path: Path) -> None:
@@ -426,20 +503,132 @@ def test_missing_or_rejected_tokens_give_a_clear_error(fake: FakeSlack, tmp_path
 
 
 # --- units ---------------------------------------------------------------------------------------------
-def test_long_answers_fit_slack_limits() -> None:
+CODE_ANSWER = (
+    "Drain the node first, then roll back [1]. Run this:\n\n"
+    "```bash\n"
+    "# drain traffic first\n"
+    "kubectl drain node-7 --ignore-daemonsets && echo '<done> & \"ok\"'\n"
+    "```\n\n"
+    "Config is merged like this:\n\n"
+    "```python\n"
+    "config = merge(**defaults, **overrides)  # __init__ stays *as is*\n"
+    "```\n\n"
+    "- step one\n- step two, see [the runbook](https://example.com/run_book?a=1&b=2)\n"
+)
+
+
+def make_answer(text: str, interaction_id: str | None = "abc", citations: list[dict[str, Any]] | None = None) -> Any:
     from agent.graph import Answer
 
-    text = ("word " * 700 + "\n\n") * 30  # ~105k chars
-    citations = [{"n": i, "source": f"doc{i}.md", "page": i, "heading": "H"} for i in range(1, 30)]
-    result = Answer(question="q", answer=text, grounded=True, citations=citations, retrieved=[], timings_ms={},
-                    model=None, adapter=None, route="question", interaction_id="abc")
-    fallback, blocks = render_answer(result)
-    assert len(fallback) <= 40_000 and len(blocks) <= 50
-    assert all(len(b["text"]["text"]) <= 3000 for b in blocks if b["type"] == "section")
-    assert blocks[-1]["type"] == "actions" and blocks[-2]["type"] == "context"
-    assert "[2] doc2.md, p. 2 — H" in blocks[-2]["elements"][0]["text"]
-    assert all(len(p) <= 10 for p in split_text("a" * 25, limit=10))
+    return Answer(question="q", answer=text, grounded=True, retrieved=[], timings_ms={}, model=None, adapter=None,
+                  route="question", interaction_id=interaction_id,
+                  citations=citations if citations is not None else [{"n": 1, "source": "runbook.md", "page": 2,
+                                                                      "heading": "Rollback <prod>"}])
+
+
+def test_code_answer_is_rendered_byte_for_byte() -> None:
+    ((text, blocks),) = render_answer(make_answer(CODE_ANSWER))
+    assert blocks[0] == {"type": "markdown", "text": CODE_ANSWER}  # no mrkdwn conversion, no escaping
+    assert [b["type"] for b in blocks] == ["markdown", "context", "context_actions"]
+    assert "Rollback &lt;prod&gt;" in blocks[1]["elements"][0]["text"]  # our own mrkdwn is escaped
+    assert "&lt;done&gt; &amp;" in text  # and so is the notification text
+
+
+def test_long_answers_split_only_at_safe_boundaries() -> None:
+    code = "```python\n" + "".join(f"line_{i} = compute(**kw)  # {i}\n" for i in range(200)) + "```\n"
+    text = ("A paragraph about rollbacks. It has two sentences.\n\n" * 150) + code + "\n" + "Tail text. " * 900
+    parts = split_markdown(text, MARKDOWN_CHARS)
+    assert "".join(parts) == text and len(parts) >= 3
+    assert all(len(p) <= MARKDOWN_CHARS for p in parts)
+    assert any(code in p for p in parts)  # the whole fenced block is in one piece
+    assert all(p.count("```") % 2 == 0 for p in parts)
+    assert parts[0].endswith("\n\n")  # a paragraph break, not mid-paragraph
+    # No paragraph or line break fits: a sentence end, then a space.
+    assert split_markdown("One. Two. Three.", 10) == ["One. Two. ", "Three."]
+    # One code block longer than the limit: closed and reopened, the code lines unchanged.
+    huge = "```sh\n" + "".join(f"echo {i}\n" for i in range(40)) + "```"
+    pieces = split_markdown(huge, 100)
+    assert all(len(p) <= 100 and p.startswith("```sh\n") and p.endswith("```") for p in pieces)
+    inner = "".join(p[len("```sh\n"):-3].strip("\n") + "\n" for p in pieces)
+    assert inner == "".join(f"echo {i}\n" for i in range(40))
+
+    messages = render_answer(make_answer(text, citations=[{"n": i, "source": f"doc{i}.md", "page": i, "heading": "H"}
+                                                           for i in range(1, 30)]))
+    assert [p for _, blocks in messages for b in blocks if b["type"] == "markdown" for p in [b["text"]]] == parts
+    first = messages[0][1]
+    assert [b["type"] for b in first][-2:] == ["context", "context_actions"]  # on the message votes attach to
+    assert "[2] doc2.md, p. 2 — H" in first[-2]["elements"][0]["text"]
+    assert all(len(t) <= 40_000 and len(b) <= 50 for t, b in messages)
     assert normalize_emoji("+1::skin-tone-4") == "+1" and normalize_emoji(":thumbsup:") == "thumbsup"
+
+
+def _scripted_answer(bot: FlywheelBot, text: str) -> Callable[..., Any]:
+    """Stand-in for Agent.answer that shows `text` in the agent's own sentence pieces and records the
+    interaction like the agent does, so the Slack side runs for real on a known answer."""
+    from agent.graph import shown_pieces
+
+    def answer(question: str, *, thread_id: str, surface: str, user_id: str, channel: str,
+               on_shown: Callable[[str], None] | None = None, **_: Any) -> Any:
+        result = make_answer(text)
+        for piece in shown_pieces(text):
+            if on_shown:
+                on_shown(piece)
+        result.interaction_id = bot.store.record_interaction(
+            conversation_id=thread_id, channel=channel, user_id=user_id, surface=surface, question=question,
+            answer=text, grounded=True, route="question", citations=result.citations)
+        return result
+
+    return answer
+
+
+def test_code_answer_streams_byte_for_byte_end_to_end(fake: FakeSlack, bot: FlywheelBot,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bot.agent, "answer", _scripted_answer(bot, CODE_ANSWER))
+    _, answer = ask(fake, "How do I drain a node?")
+    assert answer["text"] == CODE_ANSWER
+    assert len(assert_only_grew(answer)) >= 3
+    sent = "".join(c["params"].get("markdown_text", "") + "".join(ch.get("text", "") for ch in c["params"].get(
+        "chunks") or []) for c in fake.calls() if c["method"].startswith("chat.") and "Stream" in c["method"])
+    assert sent == CODE_ANSWER  # every byte went over the wire as written, once
+    assert feedback_buttons(answer)
+
+
+def test_rejected_streaming_falls_back_to_post_and_update_and_is_remembered(
+        fake: FakeSlack, make_bot: Callable[..., FlywheelBot], monkeypatch: pytest.MonkeyPatch) -> None:
+    fake.streaming, fake.stream_error = False, "unknown_method"  # a workspace without agent features
+    bot = make_bot(stream_interval=30.0)  # a long interval: the pieces' burst must not become many edits
+    monkeypatch.setattr(bot.agent, "answer", _scripted_answer(bot, CODE_ANSWER))
+
+    _, first = ask(fake, "How do I drain a node?")
+    assert [c["response"]["error"] for c in fake.calls("chat.startStream")] == ["unknown_method"]
+    shown = [u["blocks"][0]["text"] for u in first["updates"]] + [first["blocks"][0]["text"]]
+    for before, after in zip(shown, shown[1:], strict=False):
+        assert after.startswith(before)  # the fallback edits only ever add text, too
+    assert shown[-1] == CODE_ANSWER and [b["type"] for b in first["blocks"]] == ["markdown", "context",
+                                                                                 "context_actions"]
+    assert len(fake.calls("chat.update")) == 1  # first piece posted, then only the final edit
+    iid = bot.store.interaction_by_message("C0001", first["ts"])["id"]
+    fake.click_feedback("U2", "C0001", first["ts"], positive=True)
+    fake.wait_for(lambda: (feedback(bot.store, iid, "U2") or {}).get("vote") == 1)
+
+    _, second = ask(fake, "And how do I undo it?")
+    assert len(fake.calls("chat.startStream")) == 1  # the rejection was remembered: not tried again
+    assert second["updates"][0]["text"] == PLACEHOLDER  # known fallback: a placeholder at once
+    assert second["blocks"][0] == {"type": "markdown", "text": CODE_ANSWER}
+
+
+def test_stream_broken_mid_answer_is_completed_by_an_edit(fake: FakeSlack, bot: FlywheelBot) -> None:
+    """chat.appendStream failing after text is visible (e.g. the stream expired): the answer is completed
+    with chat.update on the same message, keeping what was shown."""
+    question = Question(channel="C0001", thread_ts="1700000000.000100", user="U1", text="q", team="T0001")
+    message = AnswerMessage(bot.client, question, StreamSupport(), interval=0.0)
+    message.show("First sentence. ")
+    fake.fail_next("chat.appendStream", status=500, count=5)
+    message.show("Second sentence.")
+    message.finish(make_answer("First sentence. Second sentence.", interaction_id=None))
+    (reply,) = replies(fake, "C0001", "1700000000.000100")
+    assert reply["text"].startswith("First sentence.")
+    assert reply["blocks"][0] == {"type": "markdown", "text": "First sentence. Second sentence."}
 
 
 def test_event_dedupe_is_persisted_and_pruned(store: Store) -> None:
