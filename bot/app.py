@@ -8,8 +8,9 @@ Bolt already acks events before running listeners (`process_before_response=Fals
 here only hand the slow part (retrieval + generation, ingest) to `WorkerPool`, which is bounded so
 a burst of questions gets a polite "busy" reply instead of an ever-growing backlog.
 
-Listeners live in bot/answering.py (questions), bot/feedback.py (reactions, buttons, modal) and
-bot/commands.py (slash command, App Home); this module owns the shared pieces and the transports.
+Listeners live in bot/answering.py (questions), bot/feedback.py (reactions, buttons, modal),
+bot/commands.py (slash command, App Home) and bot/files.py (files shared with the bot); the question
+guard (length, rate) is bot/hardening.py; this module owns the shared pieces and the transports.
 """
 
 from __future__ import annotations
@@ -173,23 +174,19 @@ class FlywheelBot:
         return handler
 
     def run_http(self, port: int = 3000, block: bool = True) -> Any:
-        """Serve Slack's HTTP requests at /slack/events with Bolt's built-in server (signature-checked).
-        For production traffic put a real WSGI server in front via `slack_bolt.adapter.*`."""
-        from slack_bolt.app.app import SlackAppDevelopmentServer
+        """Serve Slack's HTTP requests at /slack/events: Bolt's ASGI adapter under uvicorn (bot/http.py);
+        Bolt checks each request's signature and timestamp (401 otherwise)."""
+        from bot.http import HttpServer
 
         check_tokens(self.settings, http=True)
-        server = SlackAppDevelopmentServer(port=port, path=EVENTS_PATH, app=self.app,
-                                           http_server_logger_enabled=False)
+        server = HttpServer(self.app, self.settings.http_host, port, EVENTS_PATH)
         self._http_server = server
-        if block:
-            server.start()
-        else:
-            threading.Thread(target=server.start, name="flywheel-http", daemon=True).start()
+        server.start(block=block)
         return server
 
     @property
     def http_port(self) -> int | None:
-        return self._http_server._server.server_address[1] if self._http_server else None
+        return self._http_server.port if self._http_server else None
 
     def close(self) -> None:
         if self.scheduler is not None:
@@ -199,7 +196,7 @@ class FlywheelBot:
             self._socket_handler.close()
             self._socket_handler = None
         if self._http_server is not None:
-            self._http_server._server.shutdown()
+            self._http_server.stop()
             self._http_server = None
         self.pool.shutdown(wait=True)
 
@@ -260,7 +257,9 @@ def build_app(
     from bot.commands import register_commands
     from bot.feedback import register_feedback
     from bot.files import register_files
+    from bot.hardening import protect_logs, register_question_guard
 
+    register_question_guard(bot)  # before anything that answers: too long / too often never reaches it
     register_files(bot)  # before answering: the first listener that matches an event with files wins
     register_answering(bot)
     register_feedback(bot)
@@ -271,4 +270,5 @@ def build_app(
         logger.exception("Slack listener failed (%s)", body.get("type") if isinstance(body, dict) else "?",
                          exc_info=error)
 
+    protect_logs()  # after App(): Bolt copied the root log level onto its loggers while building it
     return bot

@@ -2,7 +2,7 @@
 
     /flywheel help                 anyone
     /flywheel status               anyone: documents, chunks, answers and 👍 rate this week, adapter
-    /flywheel ingest <path>        admin: ingest a file or folder on the bot's host, in the background
+    /flywheel ingest <path>        admin: ingest a file or folder under FLYWHEEL_INGEST_ROOTS, in the background
     /flywheel scope [show | set <folder or file> … | clear]     admin: this channel's knowledge scope
     /flywheel retrain | eval | promote <version> | rollback     admin: the training flywheel
 
@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING, Any
 from agent.status import collect_status
 from bot import scopes
 from bot.app import BUSY
+from bot.files import INGEST_LOCK
 from bot.flywheel import training_command
+from bot.hardening import ingest_path
 
 if TYPE_CHECKING:
     from bot.app import FlywheelBot
@@ -35,7 +37,7 @@ WORKING = "Working on it…"
 SUBCOMMANDS: dict[str, str] = {
     "help": "show this help",
     "status": "documents, answers and 👍 rate this week, serving adapter",
-    "ingest": "`ingest <path>` — add or refresh documents from a path on the bot's host (admin)",
+    "ingest": "`ingest <path>` — add or refresh documents from a folder on the bot's host that Slack may read (admin)",
     "scope": "`scope [show | set <folder or file> … | clear]` — what this channel's answers may cite (admin)",
     "retrain": "train a new adapter from feedback and distilled Q&A (admin)",
     "eval": "evaluate the serving model (admin)",
@@ -91,10 +93,14 @@ def retriever_line(info: dict[str, Any]) -> str:
 def ingest_text(bot: FlywheelBot, args: list[str]) -> str:
     if not args:
         return f"Usage: `{bot.settings.slack_command} ingest <path>`"
-    path = Path(" ".join(args)).expanduser()
+    allowed = ingest_path(bot.settings, bot.store, " ".join(args))
+    if isinstance(allowed, str):  # outside the configured roots: the reason, not the file system's answer
+        return allowed
+    path = allowed
     if not path.exists():
         return f"`{path}` does not exist on the bot's host."
-    report = bot.agent.kb.ingest([path])
+    with INGEST_LOCK:
+        report = bot.agent.kb.ingest([path])
     summary = ", ".join(
         f"{report.count(s)} {s}" for s in ("added", "updated", "unchanged", "skipped", "failed") if report.count(s)
     )

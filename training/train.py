@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.models import resolve_model
-from storage.config import Settings
+from storage.config import Settings, scrubbed_environment
 from storage.db import Store, new_id
 from training.registry import AdapterRecord, next_version, register
 from training.sft import EVENT_PREFIX, RunConfig
@@ -156,7 +156,8 @@ def run_process(
 
     A process silent for `stall_seconds` is killed (returncode -SIGKILL) instead of hanging forever.
     """
-    environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    # Scrubbed: training never talks to Slack or a model API, so it gets neither their tokens nor keys.
+    environment = {**scrubbed_environment(), "PYTHONUNBUFFERED": "1", **(env or {})}
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), environment.get("PYTHONPATH")]))
     events: list[dict[str, Any]] = []
     tail: deque[str] = deque(maxlen=40)
