@@ -89,8 +89,8 @@ class StreamSupport:
     def rejected(self, error: str) -> None:
         with self._lock:
             if self.enabled is not False:
-                log.warning("Slack rejected chat.startStream (%s): answering with chat.postMessage + chat.update "
-                            "from now on (enable the app's agent features to stream natively)", error)
+                log.warning("Slack rejected chat.startStream (%s): answering with chat.postMessage + "
+                            "chat.update from now on (enable the app's agent features to stream natively)", error)
             self.enabled = False
 
     def worked(self) -> None:
@@ -155,7 +155,8 @@ def enqueue_question(bot: FlywheelBot, event: dict[str, Any], bot_user_id: str,
         _post(bot.client, question, BUSY)
 
 
-def _post(client: WebClient, question: Question, text: str, blocks: list[dict[str, Any]] | None = None) -> str | None:
+def _post(client: WebClient, question: Question, text: str,
+          blocks: list[dict[str, Any]] | None = None) -> str | None:
     try:
         return client.chat_postMessage(channel=question.channel, thread_ts=question.thread_ts, text=text,
                                        blocks=blocks)["ts"]
@@ -223,8 +224,8 @@ class AnswerMessage:
             if self.ts is None:
                 self.ts = self._stream.ts
                 self.support.worked()
-        except SlackApiError as exc:
-            error = _error_of(exc)
+        except Exception as exc:  # never let Slack trouble abort the agent's turn (this runs inside it)
+            error = _error_of(exc) if isinstance(exc, SlackApiError) else type(exc).__name__
             if self._stream.ts is None:  # chat.startStream itself was refused: nothing is visible yet
                 self._stream = None
                 if error in STREAM_REJECTED:
@@ -398,7 +399,8 @@ def _fences(text: str) -> list[tuple[int, int, str]]:
             marker = match.group(1)
             if opened is None:
                 opened = (pos, marker, line.rstrip("\n"))
-            elif marker[0] == opened[1][0] and len(marker) >= len(opened[1]) and not line[match.end():].strip():
+            elif (marker[0] == opened[1][0] and len(marker) >= len(opened[1])
+                  and not line[match.end():].strip()):  # a closing fence: same char, as long, nothing after
                 spans.append((opened[0], pos + len(line), opened[2]))
                 opened = None
         pos += len(line)
@@ -420,7 +422,8 @@ def split_markdown(text: str, limit: int = MARKDOWN_CHARS) -> list[str]:
         inside = lambda pos: any(start < pos < end for start, end, _ in spans)  # noqa: E731
         cut = 0
         for boundary in _BOUNDARIES:
-            cuts = [m.end() for m in boundary.finditer(rest, 0, limit) if 0 < m.end() <= limit and not inside(m.end())]
+            cuts = [m.end() for m in boundary.finditer(rest, 0, limit)
+                    if 0 < m.end() <= limit and not inside(m.end())]
             if cuts:
                 cut = max(cuts)
                 break
@@ -473,4 +476,5 @@ def render_answer(result: Answer, buttons: bool = True) -> list[tuple[str, list[
     (the one reactions and votes are attached to), the rest of a long answer in the messages after."""
     parts = split_markdown(result.answer or "", MARKDOWN_CHARS) or [" "]
     first = [markdown_block(parts[0]), *answer_tail(result, buttons)]
-    return [(notification_text(parts[0]), first)] + [(notification_text(p), [markdown_block(p)]) for p in parts[1:]]
+    rest = [(notification_text(p), [markdown_block(p)]) for p in parts[1:]]
+    return [(notification_text(parts[0]), first), *rest]
