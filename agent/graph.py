@@ -14,7 +14,6 @@ retrieved chunks, model, adapter and per-stage timings.
 from __future__ import annotations
 
 import logging
-import operator
 import re
 import sqlite3
 import time
@@ -23,13 +22,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any, TypedDict
 
-from agent.grounding import check_draft, choose_quote, unknown_names
+from agent.grounding import check_draft, choose_quote, names, unknown_names
 from agent.prompts import CONDENSE_PROMPT, NOT_FOUND, build_messages, passage_label, says_not_found
 from agent.retrieval import Hit, Retriever
 from storage.config import Settings
 from storage.db import Store
 from storage.knowledge import KnowledgeBase
-from storage.text import split_sentences
+from storage.text import split_sentences, terms
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +52,43 @@ FOLLOW_UP = re.compile(
     r"|\b(it|its|that|this|those|these|they|them|there|he|she|same|the former|the latter)\b",
     re.I,
 )
+# Words that point back at the previous topic: the follow-up means "<that topic>", so it needs its words.
+ANAPHOR = re.compile(r"\b(it|its|that|this|those|these|they|them|their|there|he|she|same|the former|the latter)\b",
+                     re.I)
+MEMORY_DAYS = 30  # a thread idle this long is forgotten (its interactions stay in the store)
+MAX_HISTORY_TURNS = 6  # question/answer pairs a thread remembers: a 135M prompt has no room for more
+
+
+def _recent(old: list[dict[str, str]], new: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The history reducer: append, keep the last MAX_HISTORY_TURNS turns (bounded checkpoints)."""
+    return (old + new)[-2 * MAX_HISTORY_TURNS :]
+
+
+def standalone(question: str, previous: str) -> tuple[str, list[str]]:
+    """(query, retrieval queries) for a follow-up of `previous`, without asking a 135M model to rewrite it.
+
+    When the follow-up points back with a pronoun or brings no content of its own ("how long does it
+    last?"), it means the previous question's topic: the query is both questions. Otherwise its own words
+    lead ("and the canary?" after a rollback question asks about the canary) and it inherits only the
+    previous question's names ("SEV1", "Ledgerly": `grounding.names`); retrieval searches for it and for
+    both questions together and fuses the rankings, so the new topic leads and the old one can't crowd
+    it out."""
+    joined = f"{question} ({previous.strip()})"
+    if ANAPHOR.search(question) or not terms(question):
+        return joined, [joined]
+    # "what about SEV2?" replaces the name it was asked about: only a follow-up naming nothing inherits.
+    carried = [] if names(question) else names(previous)
+    query = f"{question} ({' '.join(carried)})" if carried else question
+    return query, [query, joined]
 
 
 class AnswerState(TypedDict, total=False):
     question: str
     sources: list[str] | None
-    history: Annotated[list[dict[str, str]], operator.add]  # kept across turns by the checkpointer
+    history: Annotated[list[dict[str, str]], _recent]  # kept across turns by the checkpointer, trimmed
     route: str
     query: str
+    queries: list[str]  # what retrieval searches for (the query, and a follow-up's own words)
     hits: list[dict[str, Any]]
     best_dense: float
     unknown: list[str]  # names the question uses that occur nowhere in the documents ("GPU")
@@ -147,6 +175,7 @@ class Agent:
         self.retriever = Retriever(self.kb)
         self._generator = generator
         self.graph = self._build()
+        self._prune_daily()
 
     @property
     def generator(self):
@@ -169,24 +198,25 @@ class Agent:
         return {"answer": reply, "produced_by": "smalltalk", "grounded": True, "citations": [], "hits": []}
 
     def condense(self, state: AnswerState) -> dict:
-        """Make a follow-up standalone. A 135M model rewrites questions unreliably, so for the local
-        backend the follow-up is joined to the previous question, which retrieval handles well."""
+        """Make a follow-up standalone (`standalone`); a hosted model (Claude, vLLM) rewrites it instead."""
         started = time.perf_counter()
         question = state["question"].strip()
         previous = [t["content"] for t in state.get("history", []) if t["role"] == "user"]
-        query = question
+        query, queries = question, [question]
         if previous and (FOLLOW_UP.search(question) or len(question.split()) <= 5):
             if self.settings.backend == "transformers":
-                query = f"{previous[-1]} {question}"
+                query, queries = standalone(question, previous[-1])
             else:
                 turns = "\n".join(f"{t['role']}: {t['content']}" for t in state["history"][-6:])
                 prompt = CONDENSE_PROMPT.format(history=turns, question=question)
                 query = self.generator.generate([{"role": "user", "content": prompt}], max_new_tokens=80).strip() or question
-        return {"query": query, "timings": _timed(state, "condense_ms", started)}
+                queries = [query]
+        return {"query": query, "queries": queries, "timings": _timed(state, "condense_ms", started)}
 
     def retrieve(self, state: AnswerState) -> dict:
         started = time.perf_counter()
-        result = self.retriever.search(state["query"], k=self.settings.top_k, sources=state.get("sources"))
+        queries = state.get("queries") or [state["query"]]
+        result = self.retriever.search(queries[0], k=self.settings.top_k, sources=state.get("sources"), also=queries[1:])
         timings = {**_timed(state, "retrieve_ms", started), **result.timings_ms}
         unknown = unknown_names(state["question"], self.kb.lexical.known)
         return {"hits": [h.as_dict() for h in result.hits], "best_dense": result.best_dense, "timings": timings,
@@ -327,6 +357,7 @@ class Agent:
         graph.add_edge("finalize", END)
         connection = sqlite3.connect(str(self.settings.checkpoints_path), check_same_thread=False)
         self.checkpointer = SqliteSaver(connection)
+        self._one_shot = graph.compile()  # a question outside any thread has nothing to remember
         return graph.compile(checkpointer=self.checkpointer)
 
     # --- entry point --------------------------------------------------------------------------
@@ -350,6 +381,10 @@ class Agent:
         pieces, each already through the grounding check: their concatenation is exactly `Answer.answer`,
         so a surface that streams them never has to retract anything."""
         started = time.perf_counter()
+        graph, config, options = self._one_shot, {}, {}
+        if thread_id:
+            # One checkpoint per turn, written when it ends: the steps in between are never resumed from.
+            graph, config, options = self.graph, {"configurable": {"thread_id": thread_id}}, {"durability": "exit"}
         thread_id = thread_id or f"once:{uuid.uuid4().hex}"
         turn = {
             "question": question, "sources": sources, "route": "", "query": question, "hits": [], "context": [],
@@ -357,8 +392,7 @@ class Agent:
             "citations": [], "timings": {}, "best_dense": 0.0, "retriever": None, "unknown": [],
         }
         state: dict[str, Any] = {}
-        config = {"configurable": {"thread_id": thread_id}}
-        for mode, chunk in self.graph.stream(turn, config, stream_mode=["custom", "values"]):
+        for mode, chunk in graph.stream(turn, config, stream_mode=["custom", "values"], **options):
             if mode == "custom" and on_token and "token" in chunk:
                 on_token(chunk["token"])
             elif mode == "custom" and on_shown and "shown" in chunk:
@@ -397,6 +431,34 @@ class Agent:
 
     def forget(self, thread_id: str) -> None:
         self.checkpointer.delete_thread(thread_id)
+
+    def _prune_daily(self) -> None:
+        """Prune old threads at most once a day, so every `flywheel ask` doesn't scan the checkpoints."""
+        today = time.strftime("%Y-%m-%d")
+        if self.store.get_kv("threads_pruned_on") == today:
+            return
+        try:
+            gone = self.prune_threads(MEMORY_DAYS)
+            if gone:
+                log.info("forgot %d conversation threads idle for %d days", gone, MEMORY_DAYS)
+            self.store.set_kv("threads_pruned_on", today)
+        except Exception:  # memory housekeeping must never stop answering
+            log.warning("pruning old threads failed", exc_info=True)
+
+    def prune_threads(self, older_than_days: float) -> int:
+        """Forget threads whose last turn is older than `older_than_days`; returns how many went.
+        Their interactions (questions, answers, votes) stay in the store: only the memory goes."""
+        from datetime import datetime, timedelta, timezone
+
+        cutoff = (datetime.now(timezone.utc) - timedelta(days=older_than_days)).isoformat()
+        last: dict[str, str] = {}
+        for item in self.checkpointer.list(None):
+            thread = item.config["configurable"]["thread_id"]
+            last[thread] = max(last.get(thread, ""), item.checkpoint["ts"])
+        stale = [thread for thread, ts in last.items() if ts < cutoff]
+        for thread in stale:
+            self.checkpointer.delete_thread(thread)
+        return len(stale)
 
 
 def answer_complete(text: str, max_sentences: int) -> bool:

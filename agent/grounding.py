@@ -48,6 +48,12 @@ _QUANTITY = re.compile(r"(\d+(?:[.,]\d+)*)\s*(?:-\s*)?([^\W\d_]{2,})")
 _LIST_NUMBER = re.compile(r"^\s*\d{1,2}[.)]\s", re.M)
 # Lines that are navigation, not prose: dot leaders ("Shell Builtins ....... 41"), runs of page numbers
 # ("grep, 12, 45, 78"), or bare headings/labels of a few words.
+# A document describing itself ("This page covers when you may deploy, how to roll back, …") lists topics
+# and answers none of them, however many of the question's words it shares.
+_SELF_DESCRIPTION = re.compile(
+    r"^\W*(?:this|the following|these|the present)\s+(?:page|document|doc|section|chapter|guide|handbook|"
+    r"article|manual|policy|file|part)s?\s+(?:covers?|describes?|explains?|lists?|contains?|outlines?|"
+    r"summari[sz]es?|is about|gives|provides)\b", re.I)
 _DOT_LEADER = re.compile(r"(?:\.\s*){4,}|(?:…\s*){2,}|\s\d+(?:\s*,\s*\d+){2,}\s*$")
 
 # Set with MiniLM-L6 on the cases in tests/test_grounding.py: a faithful paraphrase scores cosine >= 0.8
@@ -125,9 +131,10 @@ def support(sentence: str, passage_text: str, question: str = "") -> float:
 
 
 def is_navigation(line: str) -> bool:
-    """Table-of-contents, index and dot-leader lines, and fragments too short to be a statement."""
+    """Table-of-contents, index and dot-leader lines, a page describing itself ("This page covers …"),
+    and fragments too short to be a statement."""
     words = re.findall(r"\w+", line)
-    if _DOT_LEADER.search(line):
+    if _DOT_LEADER.search(line) or _SELF_DESCRIPTION.search(line):
         return True
     if _is_table_row(line):  # a row of figures is data, not an index line
         return False
@@ -144,7 +151,7 @@ class SentenceCheck:
     lexical: float
     semantic: float
     supported: bool
-    reason: str  # supported | echo | number | unsupported | empty
+    reason: str  # supported | echo | number | unsupported | empty | short | navigation
 
 
 @dataclass
@@ -200,6 +207,7 @@ def check_draft(draft: str, question: str, passages: Sequence[Passage], embed: E
     semantic = similarity.against([bare for _, _, bare in parts])
     asked = terms(question)
     texts = [_passage_text(p) for p in passages]
+    headings = [terms(p.heading or "") | terms(p.source.rsplit(".", 1)[0]) for p in passages]
     kept, cited, checks = [], [], []
     seen: list[set[str]] = []
     for i, (_, markers, bare) in enumerate(parts):
@@ -210,6 +218,11 @@ def check_draft(draft: str, question: str, passages: Sequence[Passage], embed: E
         seen.append(terms(bare))
         if not novel:
             checks.append(SentenceCheck(bare, None, 0.0, 0.0, False, "echo"))
+            continue
+        if is_navigation(bare) or " > " in bare or any(terms(bare) <= h for h in headings):
+            # A heading or breadcrumb ("Deploying to Production > Rollback procedure") names where an
+            # answer is; it isn't one, though every word of it is in the passage.
+            checks.append(SentenceCheck(bare, None, 0.0, 0.0, False, "navigation"))
             continue
         if len(novel) < MIN_NOVEL_TERMS or word_count(bare) < 4:
             # "Yes.", "cache = {}", "For example:": too little to check, and nothing a reader needs alone
@@ -234,7 +247,7 @@ def check_draft(draft: str, question: str, passages: Sequence[Passage], embed: E
             kept.append(_with_markers(bare, [j + 1]))
             if j + 1 not in cited:
                 cited.append(j + 1)
-    judged = [c for c in checks if c.reason not in ("empty", "short")]
+    judged = [c for c in checks if c.reason not in ("empty", "short", "navigation")]
     share = sum(c.supported for c in judged) / len(judged) if judged else 0.0
     # A draft mostly made of unsupported claims isn't trusted even where it happens to match a passage:
     # its supported sentence is usually an incidental copy, not the answer.

@@ -10,6 +10,7 @@ collection (training/retriever.py), else the configured embedder; each search us
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -68,25 +69,38 @@ class Retriever:
         self.kb = kb
         self.settings = kb.settings
 
-    def search(self, query: str, k: int | None = None, sources: list[str] | None = None) -> SearchResult:
+    def search(self, query: str, k: int | None = None, sources: list[str] | None = None,
+               also: Sequence[str] = ()) -> SearchResult:
+        """The `k` best chunks for `query`: dense and BM25 rankings fused by RRF (then reranked when a
+        reranker is configured). `also` are more phrasings of the same need (a follow-up's own words):
+        their rankings join the fusion, and the reranker still scores against `query`."""
         k = k or self.settings.top_k
         n = self.settings.candidates
         timings: dict[str, float] = {}
+        texts = [query, *also]
 
         started = time.perf_counter()
         dense_index = self.kb.dense  # the promoted retriever's embedder + collection, as one pair
-        dense = dense_index.search(query, n, sources)
+        dense_runs = [dense_index.search(text, n, sources) for text in texts]
         timings["dense_ms"] = _ms(started)
 
         started = time.perf_counter()
-        lexical = self.kb.lexical.query(query, n, sources)
+        lexical_runs = [self.kb.lexical.query(text, n, sources) for text in texts]
         timings["lexical_ms"] = _ms(started)
 
         started = time.perf_counter()
-        fused = reciprocal_rank_fusion([[i for i, _ in dense], [i for i, _ in lexical]], k=self.settings.rrf_k)
+        rankings = [[i for i, _ in run] for run in dense_runs + lexical_runs]
+        fused = reciprocal_rank_fusion(rankings, k=self.settings.rrf_k)
+        dense = [pair for run in dense_runs for pair in run]
+        lexical = [pair for run in lexical_runs for pair in run]
         pool = fused[: max(k, 20)] if self.settings.reranker_model else fused[: k * 3]
         rows = self.kb.chunks_by_id([i for i, _ in pool])  # ids unknown to SQLite (stale vectors) drop out
-        dense_by_id, lexical_by_id = dict(dense), dict(lexical)
+        dense_by_id: dict[str, float] = {}
+        for cid, score in dense:  # a chunk found by several phrasings keeps its best score
+            dense_by_id[cid] = max(score, dense_by_id.get(cid, score))
+        lexical_by_id: dict[str, float] = {}
+        for cid, score in lexical:
+            lexical_by_id[cid] = max(score, lexical_by_id.get(cid, score))
         hits = [
             Hit(
                 chunk_id=cid,

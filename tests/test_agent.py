@@ -90,10 +90,43 @@ def test_follow_up_uses_thread_memory(agent):
     thread = "test:thread-1"
     first = agent.answer("How long is the on-call rotation?", thread_id=thread)
     follow = agent.answer("and who do I escalate to?", thread_id=thread)
-    assert "rotation" in follow.query.lower()  # condensed with the previous question
+    assert follow.query == "and who do I escalate to?"  # new content words: they lead the query
     other = agent.answer("and who do I escalate to?", thread_id="test:other")
     assert other.query == "and who do I escalate to?"
+    assert follow.retrieved != other.retrieved  # ... and the rotation question joined the search
     assert first.interaction_id != follow.interaction_id
+
+
+def test_a_follow_up_with_a_new_topic_retrieves_that_topic(agent):
+    thread = "test:canary"
+    agent.answer("How do I roll back a deploy?", thread_id=thread)
+    follow = agent.answer("and the canary?", thread_id=thread)
+    assert follow.query == "and the canary?"  # its own words lead; the rollback question only joins the search
+    assert follow.retrieved[0]["heading"].endswith("How a production deploy progresses")
+    alone = agent.answer("and the canary?", thread_id="test:canary-alone")
+    assert follow.retrieved != alone.retrieved  # the thread did inform the search
+
+
+def test_a_follow_up_pointing_back_keeps_the_previous_topic(agent):
+    thread = "test:sev"
+    agent.answer("What's the difference between a SEV1 and a SEV2?", thread_id=thread)
+    follow = agent.answer("who is the incident commander for them?", thread_id=thread)
+    assert "SEV1" in follow.query and "SEV2" in follow.query
+    assert follow.retrieved[0]["heading"].endswith("The incident commander")
+
+
+def test_one_shot_questions_leave_no_memory_and_threads_are_bounded(agent):
+    from agent.graph import MAX_HISTORY_TURNS
+
+    agent.answer("How do I roll back a deploy?")
+    assert not list(agent.checkpointer.list(None))  # nothing checkpointed outside a thread
+    thread = "test:long"
+    for i in range(MAX_HISTORY_TURNS + 2):
+        agent.answer(f"What is the canary percentage, take {i}?", thread_id=thread)
+    checkpoints = list(agent.checkpointer.list({"configurable": {"thread_id": thread}}))
+    assert len(checkpoints) == MAX_HISTORY_TURNS + 2  # one per turn, not one per graph step
+    assert len(checkpoints[0].checkpoint["channel_values"]["history"]) == 2 * MAX_HISTORY_TURNS
+    assert agent.prune_threads(older_than_days=0) == 1 and not list(agent.checkpointer.list(None))
 
 
 def test_source_filter(agent):

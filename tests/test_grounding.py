@@ -196,3 +196,19 @@ def test_a_name_the_documents_never_mention_is_unknown():
     known = lambda wanted: wanted & corpus  # noqa: E731 - the BM25 vocabulary's role
     assert unknown_names("How do I run SQLite aggregate queries on a GPU?", known) == ["GPU"]
     assert unknown_names("Which Python version has the sqlite3 module?", known) == []
+
+
+def test_a_heading_or_breadcrumb_is_not_an_answer(embed):
+    passages = [P("Roll back first, investigate second. Run shipit rollback <service> --to <release>.",
+                  source="deploys.md", heading="Deploying to Production > Rollback procedure")]
+    for draft in ('"Deploying to Production > Rollback procedure" [1]', "Rollback procedure of Deploying to Production [1]."):
+        checked = check_draft(draft, "and the canary?", passages, embed)
+        assert not checked.supported and checked.checks[0].reason == "navigation", draft
+
+
+def test_a_page_describing_itself_is_never_quoted(embed):
+    passages = [P("This page covers when you may deploy, how a deploy progresses, how to roll back, and how to use "
+                  "feature flags. Roll back first, investigate second: run shipit rollback <service> --to <release>.",
+                  heading="Deploying to Production")]
+    quote = choose_quote("How do I roll back a deploy?", passages, embed)
+    assert quote is not None and "This page covers" not in quote.answer and "shipit rollback" in quote.answer
