@@ -220,12 +220,12 @@ def test_dm_is_answered_and_buttons_can_be_turned_off(fake: FakeSlack, make_bot:
 
 def test_follow_up_in_thread_uses_the_thread_memory(fake: FakeSlack, bot: FlywheelBot) -> None:
     thread, _ = ask(fake)
-    fake.mention("U1", "C0001", "<@UBOT> and what does shipit compare?", thread_ts=thread)
+    fake.mention("U1", "C0001", "<@UBOT> and how long does it take?", thread_ts=thread)
     fake.wait_for(lambda: len([m for m in replies(fake, "C0001", thread) if finished(m)]) == 2, timeout=60)
     second = [m for m in replies(fake, "C0001", thread) if finished(m)][1]
     row = bot.store.interaction_by_message("C0001", second["ts"])
-    assert row["question"] == "and what does shipit compare?"
-    assert QUESTION in row["condensed_question"]
+    assert row["question"] == "and how long does it take?"
+    assert QUESTION in row["condensed_question"]  # "it" is the thread's previous topic
 
 
 def test_agent_failure_is_reported_in_the_thread(fake: FakeSlack, make_bot: Callable[..., FlywheelBot],
@@ -381,7 +381,9 @@ def test_slash_command_as_admin(fake: FakeSlack, bot: FlywheelBot) -> None:
     assert not bot.store.query("SELECT * FROM audit_log WHERE action IN ('slash:status', 'slash:help')")
 
 
-def test_slash_command_as_non_admin_is_refused(fake: FakeSlack, bot: FlywheelBot, tmp_path: Path) -> None:
+def test_slash_command_as_non_admin_is_refused(fake: FakeSlack, make_bot: Callable[..., FlywheelBot],
+                                                tmp_path: Path) -> None:
+    bot = make_bot(ingest_roots=str(tmp_path))  # the folder below is one the admin may ingest from
     docs = tmp_path / "more"
     docs.mkdir()
     (docs / "extra.md").write_text("# Extra\n\nThe office plant is watered on Tuesdays.\n")
