@@ -40,12 +40,12 @@ from typing import TYPE_CHECKING, Any
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
-from bot.app import BUSY
+from bot.common import BUSY
 from bot.feedback import feedback_block
 
 if TYPE_CHECKING:
     from agent.graph import Answer
-    from bot.app import FlywheelBot
+    from bot.common import Bot
     from storage.db import Store
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ def _is_from_bot(event: dict[str, Any], bot_user_id: str) -> bool:
                 or (bot_user_id and event.get("user") == bot_user_id))
 
 
-def register_answering(bot: FlywheelBot) -> None:
+def register_answering(bot: Bot) -> None:
     """The question listeners; the streaming choice they share lives as long as the bot (the process)."""
     app = bot.app
     support = StreamSupport()
@@ -137,7 +137,7 @@ def register_answering(bot: FlywheelBot) -> None:
         enqueue_question(bot, event, bot_user, support, team=context.get("team_id") or "")
 
 
-def enqueue_question(bot: FlywheelBot, event: dict[str, Any], bot_user_id: str,
+def enqueue_question(bot: Bot, event: dict[str, Any], bot_user_id: str,
                      support: StreamSupport | None = None, team: str = "") -> None:
     """Hand one question to the worker pool, or tell the user at once why not (empty, busy)."""
     question = Question(
@@ -316,7 +316,7 @@ class AnswerMessage:
             log.exception("could not report the failure in %s", self.question.channel)
 
 
-def answer_question(bot: FlywheelBot, question: Question, support: StreamSupport | None = None) -> None:
+def answer_question(bot: Bot, question: Question, support: StreamSupport | None = None) -> None:
     """Runs on a worker: status, checked pieces streamed, final blocks. Never fails silently."""
     client = bot.client
     message = AnswerMessage(client, question, support or StreamSupport(), bot.settings.stream_interval)

@@ -9,16 +9,16 @@ here only hand the slow part (retrieval + generation, ingest) to `WorkerPool`, w
 a burst of questions gets a polite "busy" reply instead of an ever-growing backlog.
 
 Listeners live in bot/answering.py (questions), bot/feedback.py (reactions, buttons, modal),
-bot/commands.py (slash command, App Home) and bot/files.py (files shared with the bot); the question
-guard (length, rate) is bot/hardening.py; this module owns the shared pieces and the transports.
+bot/commands.py (slash command, App Home), bot/files.py (files shared with the bot) and bot/assistant.py
+(Slack's assistant view); the question guard (length, rate) is bot/hardening.py. What they share
+(constants, the worker pool, the `Bot` type) is bot/common.py: they never import this module, which
+builds the app, registers them and owns the transports.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from slack_bolt import App, BoltResponse
@@ -30,6 +30,10 @@ from slack_sdk.http_retry.builtin_handlers import (
     ServerErrorRetryHandler,
 )
 
+# Re-exported: BUSY and parse_list were defined here before bot/common.py; callers may still import them.
+from bot.common import BUSY as BUSY
+from bot.common import WorkerPool
+from bot.common import parse_list as parse_list
 from storage.config import Settings
 from storage.db import Store
 
@@ -40,48 +44,12 @@ log = logging.getLogger(__name__)
 
 DEFAULT_API_URL = WebClient.BASE_URL
 EVENTS_PATH = "/slack/events"
-BUSY = "I'm busy right now — please try again in a minute."
 # Slack retries an event at once, after ~1 min and ~5 min; keep ids well beyond that.
 DEDUPE_RETENTION_HOURS = 2.0
 
 
 class ConfigError(RuntimeError):
     """The bot cannot start: a token is missing or Slack rejected it. The message names the variable."""
-
-
-class WorkerPool:
-    """A thread pool that refuses work instead of queueing without bound.
-
-    Capacity is `workers` running + `queue_size` waiting; `submit` returns False when full so the
-    caller can tell the user, rather than letting questions pile up for minutes behind a slow model."""
-
-    def __init__(self, workers: int, queue_size: int) -> None:
-        self.workers = max(1, workers)
-        self.capacity = self.workers + max(0, queue_size)
-        self._slots = threading.BoundedSemaphore(self.capacity)
-        self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="flywheel-worker")
-
-    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
-        if not self._slots.acquire(blocking=False):
-            return False
-
-        def run() -> None:
-            try:
-                fn(*args, **kwargs)
-            except Exception:  # the job's own handler should have caught it; never lose a traceback
-                log.exception("worker job %s failed", getattr(fn, "__name__", fn))
-            finally:
-                self._slots.release()
-
-        try:
-            self._executor.submit(run)
-        except RuntimeError:  # shut down
-            self._slots.release()
-            return False
-        return True
-
-    def shutdown(self, wait: bool = True) -> None:
-        self._executor.shutdown(wait=wait, cancel_futures=not wait)
 
 
 def _secret(value: Any) -> str:
@@ -119,10 +87,6 @@ def make_client(settings: Settings, token: str | None = None) -> WebClient:
             ConnectionErrorRetryHandler(),
         ],
     )
-
-
-def parse_list(value: str) -> set[str]:
-    return {item.strip() for item in value.split(",") if item.strip()}
 
 
 class FlywheelBot:

@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 from agent.status import collect_status
 from bot import scopes
-from bot.app import BUSY
+from bot.common import BUSY
 from bot.files import INGEST_LOCK
 from bot.flywheel import training_command
 from bot.hardening import ingest_path
 
 if TYPE_CHECKING:
-    from bot.app import FlywheelBot
+    from bot.common import Bot
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def help_text(command: str) -> str:
     return "\n".join(lines)
 
 
-def status_text(bot: FlywheelBot) -> str:
+def status_text(bot: Bot) -> str:
     info = collect_status(bot.settings, bot.store)
     rate = info["thumbs_up_rate_this_week"]
     rate_text = f"{rate:.0%}" if rate is not None else "no votes yet"
@@ -90,7 +90,7 @@ def retriever_line(info: dict[str, Any]) -> str:
     return line
 
 
-def ingest_text(bot: FlywheelBot, args: list[str]) -> str:
+def ingest_text(bot: Bot, args: list[str]) -> str:
     if not args:
         return f"Usage: `{bot.settings.slack_command} ingest <path>`"
     allowed = ingest_path(bot.settings, bot.store, " ".join(args))
@@ -109,7 +109,7 @@ def ingest_text(bot: FlywheelBot, args: list[str]) -> str:
     return "\n".join(lines)
 
 
-def scope_text(bot: FlywheelBot, channel: str, user: str, args: list[str]) -> str:
+def scope_text(bot: Bot, channel: str, user: str, args: list[str]) -> str:
     """`/flywheel scope [show | set <entry> … | clear]` for the channel the command was typed in."""
     action, entries = (args[0].lower(), scopes.parse_entries(" ".join(args[1:]))) if args else ("show", [])
     command = bot.settings.slack_command
@@ -131,7 +131,7 @@ def scope_text(bot: FlywheelBot, channel: str, user: str, args: list[str]) -> st
     return "Scope set. " + scopes.describe(bot.settings, bot.store, channel)
 
 
-def register_commands(bot: FlywheelBot) -> None:
+def register_commands(bot: Bot) -> None:
     app = bot.app
     command_name = bot.settings.slack_command
 
@@ -188,7 +188,7 @@ def _run_and_respond(job: Callable[[], str], respond: Any, sub: str) -> None:
     respond(text=text)
 
 
-def home_view(bot: FlywheelBot, admin: bool, weeks: int = 4) -> dict[str, Any]:
+def home_view(bot: Bot, admin: bool, weeks: int = 4) -> dict[str, Any]:
     """The App Home tab: knowledge base, recent answer quality, serving adapter (+ training runs for admins)."""
     info = collect_status(bot.settings, bot.store)
     since = f"datetime('now', '-{7 * weeks} days')"

@@ -35,10 +35,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bot.app import parse_list
+from bot.common import parse_list
 
 if TYPE_CHECKING:
-    from bot.app import FlywheelBot
+    from bot.common import Bot
     from storage.config import Settings
     from storage.db import Store
     from storage.knowledge import KnowledgeBase
@@ -98,7 +98,7 @@ def parse_feedback_value(value: str) -> tuple[int, str] | None:
     return VOTE_VALUES[vote], interaction_id
 
 
-def register_feedback(bot: FlywheelBot) -> None:
+def register_feedback(bot: Bot) -> None:
     app = bot.app
     up = {normalize_emoji(e) for e in parse_list(bot.settings.up_reactions)}
     down = {normalize_emoji(e) for e in parse_list(bot.settings.down_reactions)}
@@ -170,7 +170,7 @@ def register_feedback(bot: FlywheelBot) -> None:
                            user, correction)
 
 
-def _vote_clicked(bot: FlywheelBot, body: dict[str, Any], interaction_id: str, vote: int) -> None:
+def _vote_clicked(bot: Bot, body: dict[str, Any], interaction_id: str, vote: int) -> None:
     """Store a button vote, then thank (👍) or open the "what was wrong?" modal (👎)."""
     if bot.store.interaction(interaction_id) is None:  # stale or forged button value
         log.warning("feedback button for unknown interaction %r", interaction_id[:64])

@@ -29,11 +29,11 @@ from urllib.parse import urlparse
 
 import httpx
 
-from bot.app import BUSY
+from bot.common import BUSY
 from storage.parsing import SUPPORTED_SUFFIXES
 
 if TYPE_CHECKING:
-    from bot.app import FlywheelBot
+    from bot.common import Bot
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def shares_files(event: dict[str, Any]) -> bool:
     return event.get("channel_type") == "im" and event.get("subtype") in (None, "file_share")
 
 
-def register_files(bot: FlywheelBot) -> None:
+def register_files(bot: Bot) -> None:
     """Register the file listeners; call before `register_answering` (first matching listener wins)."""
     app = bot.app
 
@@ -91,7 +91,7 @@ def register_files(bot: FlywheelBot) -> None:
         on_shared_files(bot, event)
 
 
-def on_shared_files(bot: FlywheelBot, event: dict[str, Any]) -> None:
+def on_shared_files(bot: Bot, event: dict[str, Any]) -> None:
     """Refuse non-admins at once; hand an admin's files to the worker pool (ingest takes seconds)."""
     user = event.get("user") or ""
     allowed = bot.is_admin(user)
@@ -108,7 +108,7 @@ def _thread(event: dict[str, Any]) -> str:
     return event.get("thread_ts") or event["ts"]
 
 
-def _post(bot: FlywheelBot, event: dict[str, Any], text: str) -> str | None:
+def _post(bot: Bot, event: dict[str, Any], text: str) -> str | None:
     try:
         return bot.client.chat_postMessage(channel=event["channel"], thread_ts=_thread(event), text=text)["ts"]
     except Exception:
@@ -116,7 +116,7 @@ def _post(bot: FlywheelBot, event: dict[str, Any], text: str) -> str | None:
         return None
 
 
-def ingest_shared_files(bot: FlywheelBot, event: dict[str, Any]) -> list[Outcome]:
+def ingest_shared_files(bot: Bot, event: dict[str, Any]) -> list[Outcome]:
     """Runs on a worker: ingest every file of `event` and say in the thread what happened to each."""
     files = [f for f in event.get("files") or [] if isinstance(f, dict)]
     names = ", ".join(f"`{_display_name(f)}`" for f in files)
@@ -133,7 +133,7 @@ def ingest_shared_files(bot: FlywheelBot, event: dict[str, Any]) -> list[Outcome
     return outcomes
 
 
-def ingest_one(bot: FlywheelBot, file: dict[str, Any]) -> Outcome:
+def ingest_one(bot: Bot, file: dict[str, Any]) -> Outcome:
     name = _display_name(file)
     try:
         info = _complete(bot, file)
@@ -151,7 +151,7 @@ def _display_name(file: dict[str, Any]) -> str:
     return str(file.get("name") or file.get("title") or file.get("id") or "file")
 
 
-def _complete(bot: FlywheelBot, file: dict[str, Any]) -> dict[str, Any]:
+def _complete(bot: Bot, file: dict[str, Any]) -> dict[str, Any]:
     """The event's file object, or files.info's when the event only carries a stub (Slack sends
     `file_access: check_file_info` for files it could not inline)."""
     if file.get("url_private_download") and file.get("file_access") != "check_file_info":
@@ -171,7 +171,7 @@ def safe_name(file: dict[str, Any]) -> str:
     return name[:200]
 
 
-def _check(bot: FlywheelBot, file: dict[str, Any], name: str) -> None:
+def _check(bot: Bot, file: dict[str, Any], name: str) -> None:
     if file.get("mode") == "external" or file.get("is_external"):
         raise FileRejected("it is a link to a file stored outside Slack; share the file itself.")
     suffix = Path(name).suffix.lower()
@@ -186,7 +186,7 @@ def _check(bot: FlywheelBot, file: dict[str, Any], name: str) -> None:
         raise FileRejected("Slack offers no download for it.")
 
 
-def _trusted_host(bot: FlywheelBot, url: str) -> bool:
+def _trusted_host(bot: Bot, url: str) -> bool:
     """The bot token only ever goes to Slack (or the configured API host: GovSlack, proxies, tests)."""
     parsed = urlparse(url)
     host = parsed.hostname or ""
@@ -196,7 +196,7 @@ def _trusted_host(bot: FlywheelBot, url: str) -> bool:
     return parsed.scheme == "https" and (host.endswith((".slack.com", ".slack-gov.com")) or host == "slack.com")
 
 
-def download(bot: FlywheelBot, url: str, target: Path, limit_bytes: int) -> int:
+def download(bot: Bot, url: str, target: Path, limit_bytes: int) -> int:
     """Stream `url` into `target` with the bot token; stops at `limit_bytes` (a size Slack misreported)."""
     if not _trusted_host(bot, url):
         raise FileRejected("its download address is not on Slack.")
@@ -218,7 +218,7 @@ def download(bot: FlywheelBot, url: str, target: Path, limit_bytes: int) -> int:
     return written
 
 
-def _download_and_ingest(bot: FlywheelBot, file: dict[str, Any], name: str) -> Outcome:
+def _download_and_ingest(bot: Bot, file: dict[str, Any], name: str) -> Outcome:
     folder = bot.settings.slack_files_dir
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / name

@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any
 from training.cycle import gate_questions, run_cycle
 
 if TYPE_CHECKING:
-    from bot.app import FlywheelBot
+    from bot.common import Bot
 
 log = logging.getLogger(__name__)
 
 
-def training_command(bot: FlywheelBot, name: str, args: list[str], user: str, respond: Any) -> str:
+def training_command(bot: Bot, name: str, args: list[str], user: str, respond: Any) -> str:
     """Run one training subcommand on a worker thread; returns the reply shown to the admin."""
     if name == "retrain":
         return retrain(bot, user, respond)
@@ -37,7 +37,7 @@ def training_command(bot: FlywheelBot, name: str, args: list[str], user: str, re
 class DMThread:
     """Posts a parent message to the user's DM and progress lines as replies under it."""
 
-    def __init__(self, bot: FlywheelBot, user: str, title: str):
+    def __init__(self, bot: Bot, user: str, title: str):
         self.bot = bot
         self.channel: str | None = None
         self.ts: str | None = None
@@ -56,7 +56,7 @@ class DMThread:
             log.warning("could not post progress", exc_info=True)
 
 
-def retrain(bot: FlywheelBot, user: str, respond: Any) -> str:
+def retrain(bot: Bot, user: str, respond: Any) -> str:
     respond(text="Starting a flywheel cycle — I'll post progress in a DM and the result here.")
     thread = DMThread(bot, user, "Flywheel cycle started (ingest → distill → datasets → train → evaluate).")
     result = run_cycle(bot.settings, bot.store, trigger=f"slack:{user}", on_progress=thread.say)
@@ -66,7 +66,7 @@ def retrain(bot: FlywheelBot, user: str, respond: Any) -> str:
     return summary
 
 
-def evaluate_serving(bot: FlywheelBot) -> str:
+def evaluate_serving(bot: Bot) -> str:
     from training.gate import evaluate_adapter, make_generator
     from training.registry import current
 
@@ -91,7 +91,7 @@ def evaluate_serving(bot: FlywheelBot) -> str:
             f"({report['seconds']:.0f} s)." + judged)
 
 
-def promote_version(bot: FlywheelBot, version: str, user: str) -> str:
+def promote_version(bot: Bot, version: str, user: str) -> str:
     from training.registry import RegistryError, promote
 
     try:
@@ -102,7 +102,7 @@ def promote_version(bot: FlywheelBot, version: str, user: str) -> str:
     return f"Promoted adapter `{record.version}`; answers use it from the next question on."
 
 
-def rollback_version(bot: FlywheelBot, user: str) -> str:
+def rollback_version(bot: Bot, user: str) -> str:
     from training.registry import RegistryError, rollback
 
     try:
@@ -113,7 +113,7 @@ def rollback_version(bot: FlywheelBot, user: str) -> str:
     return f"Rolled back: serving adapter `{record.version}` from the next question on."
 
 
-def notify(bot: FlywheelBot, text: str) -> None:
+def notify(bot: Bot, text: str) -> None:
     """A notice in FLYWHEEL_NOTIFY_CHANNEL, if one is configured; never raises."""
     channel = bot.settings.notify_channel
     if not channel:
@@ -124,7 +124,7 @@ def notify(bot: FlywheelBot, text: str) -> None:
         log.warning("could not post to the notify channel %s", channel, exc_info=True)
 
 
-def start_schedule(bot: FlywheelBot) -> str | None:
+def start_schedule(bot: Bot) -> str | None:
     """Start the cycle schedule inside the bot process; returns the next run time (ISO) or None."""
     from training.scheduler import build_scheduler, start
 

@@ -26,7 +26,7 @@ from storage.config import Settings
 from storage.db import Store
 
 if TYPE_CHECKING:
-    from bot.app import FlywheelBot
+    from bot.common import Bot
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def question_length(text: str) -> int:
     return len(" ".join(_MENTION.sub(" ", text).split()))
 
 
-def register_question_guard(bot: FlywheelBot) -> RateLimiter:
+def register_question_guard(bot: Bot) -> RateLimiter:
     """Install the length/rate middleware on `bot.app`; returns the limiter (tests drive its clock)."""
     limiter = RateLimiter(bot.settings.answers_per_minute)
 
@@ -110,7 +110,7 @@ def register_question_guard(bot: FlywheelBot) -> RateLimiter:
     return limiter
 
 
-def _reply_in_thread(bot: FlywheelBot, event: dict[str, Any], text: str) -> None:
+def _reply_in_thread(bot: Bot, event: dict[str, Any], text: str) -> None:
     try:
         bot.client.chat_postMessage(channel=event["channel"], thread_ts=event.get("thread_ts") or event["ts"],
                                     text=text)
