@@ -47,6 +47,29 @@ def retriever_status(store: Store) -> dict[str, Any]:
     return out
 
 
+CYCLE_PROGRESS_KEY = "cycle_progress"  # written by training/cycle.py while a cycle runs
+
+
+def cycle_progress(store: Store) -> dict[str, Any] | None:
+    """The running flywheel cycle, or None: its stage, the training plan ("training 120 of 565 new pairs,
+    est. 14 min (7.1 s/step × 118 steps); 445 kept for the next cycle"), and while it trains the step,
+    measured seconds per step and ETA (`eta_at`, UTC). A record whose run is no longer running (the
+    process died) is not shown."""
+    raw = store.get_kv(CYCLE_PROGRESS_KEY)
+    if not raw:
+        return None
+    try:
+        progress = json.loads(raw)
+    except ValueError:
+        return None
+    run = store.query("SELECT status, started_at, trigger FROM training_runs WHERE id = ?", (progress.get("run_id"),))
+    if not run or run[0]["status"] != "running":
+        return None
+    keys = ("stage", "plan", "step", "max_steps", "seconds_per_step", "eta_seconds", "eta_at", "updated_at")
+    return {"run_id": progress["run_id"], "started_at": run[0]["started_at"], "trigger": run[0]["trigger"],
+            **{k: progress[k] for k in keys if progress.get(k) is not None}}
+
+
 def collect_status(settings: Settings, store: Store | None = None) -> dict[str, Any]:
     settings.ensure_dirs()
     store = store or Store(settings.db_path)
@@ -74,5 +97,6 @@ def collect_status(settings: Settings, store: Store | None = None) -> dict[str, 
         "backend": settings.backend,
         "model": settings.model or "SmolLM2-135M-Instruct (bundled)",
         "last_ingest_at": store.get_kv("last_ingest_at"),
+        "cycle": cycle_progress(store),
         "home": str(settings.home),
     }

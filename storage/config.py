@@ -136,14 +136,22 @@ class Settings(BaseSettings):
     batch_size: int = 4
     grad_accum: int = 1
     max_seq_len: int = Field(768, description="Training sequences are truncated/packed to this many tokens.")
-    train_threads: int = Field(0, description="torch threads while training; 0 = all cores.")
+    train_threads: int = Field(0, description="torch threads of the training and gate processes; 0 = all cores.")
+    train_nice: int = Field(10, ge=0, le=19, description="Niceness added to the training and gate processes, so "
+                            "answers (at normal priority) get the CPU first while a cycle runs; 0 = same priority.")
+    cycle_budget_min: float = Field(
+        30, ge=0, description="Wall-clock minutes one cycle may take, from its start to the gate's decision and the "
+        "retriever stage (0 = unbounded). From the measured seconds per training step (the last run's, when the "
+        "model and recipe are unchanged, else a 3-step probe) the cycle trains on as many new pairs as fit — new "
+        "and changed sections first, spread over documents and sections — and keeps the rest for the next cycle."
+    )
     promote_margin: float = Field(0.02, description="Smallest accuracy gain (final answers, candidate minus the serving "
                                   "adapter) worth promoting; the gain must also be significant at 95%. The retriever "
                                   "gate asks the same of its hit@1 gain.")
     guard_tolerance: float = Field(0.02, description="Largest allowed drop of a guard metric (groundedness, citations, refusals).")
     max_train_pairs: int = Field(
-        120, description="Distilled pairs one cycle trains on (0 = all), spread over documents and sections; "
-        "bounds training time on CPU (3 epochs of 120 pairs: about 100 steps)."
+        120, description="Distilled pairs one cycle trains on at most (0 = all), spread over documents and sections, "
+        "pairs never trained on first; `cycle_budget_min` may admit fewer (3 epochs of 120 pairs: about 100 steps)."
     )
     min_new_pairs: int = Field(8, description="Fewer new training pairs than this and a retrain is skipped.")
     gate_max_items: int = Field(60, description="Held-out distilled pairs and 👍 answers the gate asks each adapter "

@@ -182,6 +182,13 @@ MIGRATIONS: list[str] = [
     );
     ALTER TABLE interactions ADD COLUMN retriever TEXT;         -- r0001, or "base" (the configured embedder)
     """,
+    # 6: which distilled pairs a cycle has trained on, so a time-bounded cycle can leave some for the next one
+    # (training/budget.py). Pairs gathered before the last completed training count as trained, as they did.
+    """
+    ALTER TABLE qa_pairs ADD COLUMN trained_at TEXT;            -- when a cycle first trained on it (NULL: not yet)
+    UPDATE qa_pairs SET trained_at = created_at
+        WHERE created_at <= COALESCE((SELECT value FROM kv WHERE key = 'trained_data_until'), '');
+    """,
 ]
 
 

@@ -6,6 +6,14 @@ The evaluate step is the gate (training/gate.py) on `gate_questions`: held-out d
 answers (plus any admin QA items passed in); it promotes only a significant gain (`--force` here means
 "train on little new data", never "skip the gate").
 
+The cycle is bounded by `cycle_budget_min` (training/budget.py): after the dataset is built it estimates
+training from the measured seconds per step, trains on the new pairs that fit (new and changed sections
+first, spread over documents and sections), says so before training starts ("training 120 of 565 new
+pairs, est. 14 min (7.1 s/step × 118 steps); 445 kept for the next cycle") and keeps the rest for the
+next cycle (`qa_pairs.trained_at` stays NULL). Training reports progress with an ETA; the plan, the
+stage and the ETA are also kept in kv `cycle_progress`, which `flywheel status` shows while a cycle
+runs. Training and the gate run in child processes at `train_nice` with `train_threads` threads.
+
 After the adapter, unless `retriever_training` is off, the embedder learns from the same distilled pairs
 (training/retriever.py): train → its own gate (hit@1 on held-out questions) → if promoted, its corpus
 collection is built in the background and serving switches once it is complete.
@@ -124,12 +132,15 @@ def gate_questions(store: Store, limit: int, qa: list[dict[str, Any]] | None = N
 
 
 TRAINED_UNTIL_KEY = "trained_data_until"  # when the data of the last completed training was gathered
+PROGRESS_KEY = "cycle_progress"  # JSON: the running cycle's stage, plan and training ETA (agent/status.py)
 
 
 def _new_training_signal(store: Store) -> dict[str, int]:
-    """Train pairs and votes that arrived after the data of the last completed training was gathered."""
+    """Train pairs no completed training has used yet (new, or kept back by an earlier cycle's budget) and
+    votes that arrived after the data of the last completed training was gathered."""
     since = store.get_kv(TRAINED_UNTIL_KEY) or ""
-    pairs = store.scalar("SELECT COUNT(*) FROM qa_pairs WHERE split = 'train' AND created_at > ?", (since,)) or 0
+    pairs = store.scalar("SELECT COUNT(*) FROM qa_pairs WHERE split = 'train' AND trained_at IS NULL "
+                         "AND chunk_id IN (SELECT id FROM chunks)") or 0
     votes = store.scalar("SELECT COUNT(*) FROM feedback WHERE vote != 0 AND updated_at > ?", (since,)) or 0
     return {"new_pairs": pairs, "new_votes": votes}
 
@@ -173,12 +184,14 @@ def run_cycle(
 
 
 def _run_locked(settings, store, trigger, teacher_kind, max_pairs, force, max_steps, say, qa_extra) -> CycleResult:
+    from training.budget import candidate_order, mark_trained, plan_cycle, trim_train_file
     from training.dataset import build_datasets
     from training.distill import distill
-    from training.gate import run_gate
+    from training.gate_process import run_gate_process
     from training.teachers import load_teacher
     from training.train import preference_stages, train_adapter
 
+    cycle_started = time.perf_counter()  # the budget counts from here: ingest and distill are part of it
     stale = _close_stale_runs(store)
     run_id = new_id()
     result = CycleResult(run_id=run_id, status="running")
@@ -188,9 +201,17 @@ def _run_locked(settings, store, trigger, teacher_kind, max_pairs, force, max_st
         say(f"Marked {stale} interrupted run(s) as failed.")
     kb = KnowledgeBase(settings, store)
 
+    progress: dict[str, Any] = {"run_id": run_id}
+
+    def keep_progress(**fields: Any) -> None:
+        """Keep the running cycle's state where `flywheel status` (CLI and Slack) reads it."""
+        progress.update(fields, updated_at=now())
+        store.set_kv(PROGRESS_KEY, json.dumps(progress))
+
     def stage(name: str) -> None:
         result.stage = name
         store.db["training_runs"].update(run_id, {"stage": name})
+        keep_progress(stage=name)
 
     def timed(name: str, fn: Callable[[], Any]) -> Any:
         stage(name)
@@ -219,12 +240,31 @@ def _run_locked(settings, store, trigger, teacher_kind, max_pairs, force, max_st
             return _finish(store, result)
 
         data_cutoff = now()
-        data = timed("dataset", lambda: build_datasets(settings, store, kb, teacher=teacher))
+        live = {row["id"] for row in store.query("SELECT id FROM chunks")}
+        order, new_pairs = candidate_order(settings, store, live)
+        data = timed("dataset", lambda: build_datasets(settings, store, kb, teacher=teacher, train_ids=order))
+        qa = gate_questions(store, settings.gate_max_items, qa_extra)
+        if not qa:
+            raise RuntimeError("no held-out questions to evaluate on (distill some documents first)")
+        plan = timed("plan", lambda: plan_cycle(settings, store, Path(data.out_dir), order, new_pairs, len(qa),
+                                                started=cycle_started, max_steps=max_steps, force=force))
+        result.counts["budget"] = plan.as_dict()
+        keep_progress(plan=plan.line(), estimate_seconds=plan.train_seconds)
+        wanted = min(settings.min_new_pairs, new_pairs)
+        if not force and signal["new_votes"] == 0 and plan.chosen_new < wanted:
+            result.status = "skipped"
+            result.reasons = [f"the {settings.cycle_budget_min:g}-minute budget leaves room for {plan.chosen_new} of "
+                              f"{new_pairs} new pairs (need {wanted}): {plan.line()}. They stay for the next cycle; "
+                              "raise FLYWHEEL_CYCLE_BUDGET_MIN or --force"]
+            return _finish(store, result)
+        trained_rows = trim_train_file(Path(data.out_dir) / "sft_train.jsonl", plan.chosen_ids)
+        data.files["sft_train.jsonl"] = sum(trained_rows.values())
         result.counts["dataset"] = data.files
+        say(plan.line())
 
         adapter = timed("train", lambda: train_adapter(settings, store, data.out_dir, run_id=run_id,
                                                        max_steps=max_steps, actor=trigger,
-                                                       on_event=_train_progress(say)))
+                                                       on_event=_train_progress(say, keep_progress)))
         for method in preference_stages(settings, data.out_dir):  # DPO, then KTO, when there is enough data
             adapter = timed(f"train_{method}", lambda m=method, a=adapter: train_adapter(
                 settings, store, data.out_dir, run_id=f"{run_id}-{m}", method=m, max_steps=max_steps,
@@ -232,14 +272,14 @@ def _run_locked(settings, store, trigger, teacher_kind, max_pairs, force, max_st
         result.adapter_version = adapter.version
         store.db["training_runs"].update(run_id, {"adapter_version": adapter.version})
 
-        qa = gate_questions(store, settings.gate_max_items, qa_extra)
-        if not qa:
-            raise RuntimeError("no held-out questions to evaluate on (distill some documents first)")
         gate_settings = settings.model_copy(update={"max_new_tokens": settings.gate_max_new_tokens})
-        decision, reports = timed("evaluate", lambda: run_gate(gate_settings, store, kb, adapter.version, qa,
-                                                               actor=trigger, include_base=False))
+        decision, reports = timed("evaluate", lambda: run_gate_process(gate_settings, adapter.version, qa,
+                                                                       actor=trigger, include_base=False))
         result.promoted, result.reasons = decision.promote, list(decision.reasons)
+        # The next cycle's gate estimate: answers given in the evaluate stage's measured duration.
+        result.counts["budget"]["gate_answers"] = sum(int(r.get("n") or 0) for r in reports.values())
         store.set_kv(TRAINED_UNTIL_KEY, data_cutoff)  # promoted or not, this data has been learned from
+        result.counts["budget"]["marked_trained"] = mark_trained(store, plan.chosen_ids, data_cutoff)
         result.metrics = {name: {k: v for k, v in report.items() if isinstance(v, (int, float))}
                           for name, report in reports.items()}
         if settings.retriever_training:
@@ -301,6 +341,7 @@ def _step_progress(say: Progress) -> Callable[[str, int, int], None]:
 
 
 def _finish(store: Store, result: CycleResult, keep_error: bool = False) -> CycleResult:
+    store.set_kv(PROGRESS_KEY, None)  # nothing running any more; the run's row keeps the plan (counts.budget)
     update: dict[str, Any] = {
         "status": result.status,
         "finished_at": now(),
@@ -314,17 +355,44 @@ def _finish(store: Store, result: CycleResult, keep_error: bool = False) -> Cycl
     return result
 
 
-def _train_progress(say: Progress) -> Callable[[dict[str, Any]], None]:
-    """Relay about ten progress lines per training run (Slack threads shouldn't get one per step)."""
-    state = {"last": -1}
+def _train_progress(say: Progress, report: Callable[..., None] | None = None) -> Callable[[dict[str, Any]], None]:
+    """Relay about ten progress lines per training run (Slack threads shouldn't get one per step), each with
+    the measured seconds per step and the ETA of the rest of the run; `report` also gets every step's
+    numbers (the cycle keeps them for `flywheel status`)."""
+    from training.budget import minutes
+
+    state: dict[str, float] = {"last": -1, "first_step": 0}
 
     def relay(event: dict[str, Any]) -> None:
+        if event.get("event") == "start":  # a resumed run starts at its checkpoint's step
+            state["first_step"] = float(event.get("step") or 0)
+            return
         if event.get("event") != "step" or not event.get("max_steps"):
             return
-        tenth = int(10 * event["step"] / event["max_steps"])
+        step, total = int(event["step"]), int(event["max_steps"])
+        done = step - state["first_step"]
+        # `time` is seconds since this session's training began: the rate includes warm-up and the periodic
+        # held-out scoring, so the ETA is what the rest of the run will really take, not the bare step time.
+        rate = float(event["time"]) / done if event.get("time") and done > 0 else None
+        eta = rate * (total - step) if rate is not None else None
+        if report is not None:
+            report(step=step, max_steps=total, seconds_per_step=round(rate, 2) if rate else None,
+                   eta_seconds=round(eta) if eta is not None else None,
+                   eta_at=_at(eta) if eta is not None else None)
+        tenth = int(10 * step / total)
         if tenth > state["last"]:
             state["last"] = tenth
             loss = event.get("loss")
-            say(f"training step {event['step']}/{event['max_steps']}" + (f", loss {loss:.3f}" if loss else ""))
+            line = f"training step {step}/{total}" + (f", loss {loss:.3f}" if loss else "")
+            if rate is not None and eta is not None:
+                line += f" · {rate:.1f} s/step · ETA {minutes(eta)}"
+            say(line)
 
     return relay
+
+
+def _at(seconds_from_now: float) -> str:
+    """An ISO time `seconds_from_now` from now (UTC, like every timestamp the store keeps)."""
+    from datetime import UTC, datetime, timedelta
+
+    return (datetime.now(UTC) + timedelta(seconds=seconds_from_now)).isoformat(timespec="seconds")

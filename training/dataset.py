@@ -304,6 +304,14 @@ def spread(pairs: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
     the first documents in the table. The pairs left out stay stored for a later cycle."""
     if not limit or len(pairs) <= limit:
         return pairs
+    return spread_order(pairs)[:limit]
+
+
+def spread_order(pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """All of `pairs` in the order `spread` takes them: newest first, round-robin over documents and,
+    within a document, over its sections (any prefix is as diverse as the pairs allow)."""
+    if not pairs:
+        return []
     by_doc: dict[str, list[dict[str, Any]]] = {}
     for pair in sorted(pairs, key=lambda p: (p["created_at"], p["id"]), reverse=True):
         by_doc.setdefault(pair["document_id"] or "", []).append(pair)
@@ -317,12 +325,16 @@ def spread(pairs: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
     chosen: list[dict[str, Any]] = []
     for i in range(max(map(len, queues))):
         chosen += [q[i] for q in queues if i < len(q)]
-    return chosen[:limit]
+    return chosen
 
 
 def build_datasets(settings: Settings, store: Store, kb: KnowledgeBase, out_dir: Path | None = None,
-                   teacher: Teacher | None = None, seed: int = 0) -> DatasetReport:
-    """Write the SFT/DPO/KTO files; deterministic for a given database and seed."""
+                   teacher: Teacher | None = None, seed: int = 0,
+                   train_ids: Sequence[str] | None = None) -> DatasetReport:
+    """Write the SFT/DPO/KTO files; deterministic for a given database and seed.
+
+    `train_ids`: the train pairs to use, in this order (the cycle's budget plan, training/budget.py);
+    None = `spread` of every train pair, capped at `max_train_pairs`."""
     builder = _Builder(settings, store, kb, seed)
     if out_dir is None:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
@@ -333,7 +345,11 @@ def build_datasets(settings: Settings, store: Store, kb: KnowledgeBase, out_dir:
     pairs = store.query("SELECT * FROM qa_pairs ORDER BY created_at, id")
     chunks = kb.chunks_by_id(list({p["chunk_id"] for p in pairs if p["chunk_id"]}))
     live = [p for p in pairs if p["chunk_id"] in chunks]  # pairs of replaced document versions drop out
-    train = spread([p for p in live if p["split"] == "train"], settings.max_train_pairs)
+    if train_ids is None:
+        train = spread([p for p in live if p["split"] == "train"], settings.max_train_pairs)
+    else:
+        by_id = {p["id"]: p for p in live if p["split"] == "train"}
+        train = [by_id[i] for i in train_ids if i in by_id]
     for pair in [p for p in live if p["split"] == "heldout"] + train:
         target = "sft_heldout.jsonl" if pair["split"] == "heldout" else "sft_train.jsonl"
         rows[target].append(builder.sft_example(pair, chunks[pair["chunk_id"]]))

@@ -41,6 +41,7 @@ from typing import Any
 from agent.models import resolve_model
 from storage.config import Settings, scrubbed_environment
 from storage.db import Store, new_id
+from training.budget import recipe_key, save_steps, step_seconds_from_losses
 from training.registry import AdapterRecord, next_version, register
 from training.sft import EVENT_PREFIX, RunConfig
 
@@ -136,8 +137,8 @@ def build_run_config(
         grad_accum=settings.grad_accum,
         max_seq_len=settings.max_seq_len,
         threads=settings.train_threads,
-        # A checkpoint every ~10% of a short run, every 50 steps of a long one.
-        save_steps=max(1, min(50, (max_steps or 50) // 2)),
+        # A checkpoint (and a held-out evaluation) every 25 steps, half-way through a short capped run.
+        save_steps=save_steps(max_steps),
         extra={"run_id": run_id, "dataset_dir": str(dataset_dir), "data_counts": counts},
     )
 
@@ -148,13 +149,29 @@ def _pump(stream: Any, lines: queue.Queue[str | None]) -> None:
     lines.put(None)
 
 
+def lower_priority(nice: int) -> Callable[[], None] | None:
+    """A `preexec_fn` that adds `nice` to the child's niceness (POSIX), or None for 0 / no os.nice.
+
+    Runs in the forked child before exec: one system call, no locks and no allocation to speak of, so it
+    is safe although the bot forks from worker threads. A child at niceness 10 still gets all idle CPU,
+    but answers at niceness 0 win the cores whenever they want them."""
+    if nice <= 0 or not hasattr(os, "nice"):
+        return None
+
+    def renice() -> None:
+        os.nice(nice)
+
+    return renice
+
+
 def run_process(
     command: list[str], log_path: Path, *, on_event: Callable[[dict[str, Any]], None] | None = None,
-    stall_seconds: float = STALL_SECONDS, env: dict[str, str] | None = None,
+    stall_seconds: float = STALL_SECONDS, env: dict[str, str] | None = None, nice: int = 0,
 ) -> tuple[int, list[dict[str, Any]], deque[str]]:
     """Run `command`, streaming its output to `log_path`; returns (returncode, events, log tail).
 
     A process silent for `stall_seconds` is killed (returncode -SIGKILL) instead of hanging forever.
+    `nice` > 0 runs it at that much lower CPU priority (`settings.train_nice` for training and the gate).
     """
     # Scrubbed: training never talks to Slack or a model API, so it gets neither their tokens nor keys.
     environment = {**scrubbed_environment(), "PYTHONUNBUFFERED": "1", **(env or {})}
@@ -163,7 +180,7 @@ def run_process(
     tail: deque[str] = deque(maxlen=40)
     # text=True means universal newlines: tqdm's carriage-return updates arrive as separate lines.
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                               cwd=str(PROJECT_ROOT), env=environment)
+                               cwd=str(PROJECT_ROOT), env=environment, preexec_fn=lower_priority(nice))
     lines: queue.Queue[str | None] = queue.Queue()
     reader = threading.Thread(target=_pump, args=(process.stdout, lines), daemon=True)
     reader.start()
@@ -279,7 +296,7 @@ def train_adapter(
 
     started = time.perf_counter()
     returncode, events, tail = run_process(command, output_dir / "train.log", on_event=progress,
-                                           stall_seconds=stall_seconds, env=env)
+                                           stall_seconds=stall_seconds, env=env, nice=settings.train_nice)
     summary = finished_run(store, actor, returncode, tail, output_dir, label=f"training {version} ({method})",
                            failed="train.failed", version=version, run_id=run_id)
     losses = read_losses(output_dir)
@@ -287,9 +304,18 @@ def train_adapter(
     if final is None or not math.isfinite(final):
         store.audit(actor, "train.failed", {"version": version, "run_id": run_id, "final_loss": final})
         raise TrainingError(f"training {version} diverged (final loss {final}); the adapter is not registered")
+    wall = time.perf_counter() - started
+    # What the next cycle's budget plan reuses (training/budget.py): the typical optimizer step, and the
+    # rest of this run's wall time (process start, model load, tokenising, held-out scoring, saving) as
+    # start-up; with the recipe key, so a changed recipe or machine is measured afresh.
+    per_step = step_seconds_from_losses(output_dir / "losses.jsonl")
+    steps = int(summary.get("steps_this_session") or 0)
     config = {**summary.get("config", {}), "tokens_per_second": summary.get("tokens_per_second"),
               "eval_loss": summary.get("eval_loss"),
-              "train_seconds": round(time.perf_counter() - started, 1), "resumed_from": summary.get("resumed_from")}
+              "train_seconds": round(wall, 1), "resumed_from": summary.get("resumed_from"),
+              "seconds_per_step": round(per_step, 3) if per_step else None,
+              "startup_seconds": round(max(0.0, wall - steps * per_step), 1) if per_step else None,
+              "recipe_key": recipe_key(settings)}
     record = register(settings, store, version=version, path=output_dir, base_model=summary.get("base_model") or cfg.model,
                       run_id=run_id, config=config, data_counts=summary.get("data_counts") or counts,
                       losses=losses, actor=actor)
