@@ -108,20 +108,22 @@ def strip_mention(text: str, bot_user_id: str) -> str:
     return " ".join(text.split())
 
 
-def _is_from_bot(event: dict[str, Any], bot_user_id: str) -> bool:
+def is_from_bot(event: dict[str, Any], bot_user_id: str) -> bool:
+    """Written by a bot (any, including this one): never a question."""
     return bool(event.get("bot_id") or event.get("subtype") == "bot_message" or event.get("bot_profile")
                 or (bot_user_id and event.get("user") == bot_user_id))
 
 
-def register_answering(bot: Bot) -> None:
-    """The question listeners; the streaming choice they share lives as long as the bot (the process)."""
+def register_answering(bot: Bot) -> StreamSupport:
+    """The question listeners; the streaming choice they share lives as long as the bot (the process)
+    and is returned for the assistant view's listener (bot/assistant.py) to share."""
     app = bot.app
     support = StreamSupport()
 
     @app.event("app_mention")
     def on_mention(event: dict[str, Any], context: Any) -> None:
         bot_user = bot.bot_user_id or context.get("bot_user_id") or ""
-        if _is_from_bot(event, bot_user) or event.get("subtype"):
+        if is_from_bot(event, bot_user) or event.get("subtype"):
             return
         enqueue_question(bot, event, bot_user, support, team=context.get("team_id") or "")
 
@@ -132,9 +134,11 @@ def register_answering(bot: Bot) -> None:
         if event.get("channel_type") != "im" or event.get("subtype"):
             return
         bot_user = bot.bot_user_id or context.get("bot_user_id") or ""
-        if _is_from_bot(event, bot_user):
+        if is_from_bot(event, bot_user):
             return
         enqueue_question(bot, event, bot_user, support, team=context.get("team_id") or "")
+
+    return support
 
 
 def enqueue_question(bot: Bot, event: dict[str, Any], bot_user_id: str,

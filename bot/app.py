@@ -218,6 +218,7 @@ def build_app(
     bot = FlywheelBot(settings, app, client, store, agent, identity)
 
     from bot.answering import register_answering
+    from bot.assistant import register_assistant
     from bot.commands import register_commands
     from bot.feedback import register_feedback
     from bot.files import register_files
@@ -225,7 +226,9 @@ def build_app(
 
     register_question_guard(bot)  # before anything that answers: too long / too often never reaches it
     register_files(bot)  # before answering: the first listener that matches an event with files wins
-    register_answering(bot)
+    support = register_answering(bot)
+    # Bolt's Assistant middleware: DM threads / the assistant view, answered the same way (after the guard).
+    register_assistant(bot, support)
     register_feedback(bot)
     register_commands(bot)
 

@@ -75,12 +75,17 @@ def shares_files(event: dict[str, Any]) -> bool:
     return event.get("channel_type") == "im" and event.get("subtype") in (None, "file_share")
 
 
+def shared_by_person(event: dict[str, Any], bot_user_id: str) -> bool:
+    """`shares_files(event)`, by a person (not this or any other bot): what `on_shared_files` takes."""
+    return shares_files(event) and _from_person(event, bot_user_id)
+
+
 def register_files(bot: Bot) -> None:
     """Register the file listeners; call before `register_answering` (first matching listener wins)."""
     app = bot.app
 
     def has_files(event: dict[str, Any], context: Any) -> bool:
-        return shares_files(event) and _from_person(event, bot.bot_user_id or context.get("bot_user_id") or "")
+        return shared_by_person(event, bot.bot_user_id or context.get("bot_user_id") or "")
 
     @app.event("message", matchers=[has_files])
     def on_dm_file(event: dict[str, Any]) -> None:

@@ -26,6 +26,11 @@ The real slack-bolt app runs against it through the real slack_sdk clients, all 
   echo the payload, which the builtin client needs to consider the connection fresh.
 * Driving methods (`mention`, `dm`, `react`, `click`, `click_feedback`, `command`, ...) build the payloads Slack
   would send, store the user's message where Slack would, and return the envelope sent.
+* The assistant view: `start_assistant_thread` opens a thread in the user's DM with the app (a root
+  message of subtype `assistant_app_thread`, then `assistant_thread_started`), `assistant_message`
+  is the user writing in it, `change_assistant_context` sends `assistant_thread_context_changed`.
+  `assistant.threads.setStatus` / `setTitle` / `setSuggestedPrompts` are checked and recorded per
+  thread (`assistant_thread()`); a status clears when the bot replies in the thread, as in Slack.
 * Faults: `fail_next()` answers 429 + Retry-After (or a 5xx); `disconnect()` sends Slack's
   `disconnect` message, closes the socket, or drops the TCP connection.
 """
@@ -50,7 +55,7 @@ MAX_TEXT_CHARS = 40_000
 MAX_BLOCKS = 50
 STREAM_CALL_CHARS = 12_000  # markdown text per chat.*Stream call
 # Fields slack_sdk JSON-encodes inside form posts; decode them so tests see structures.
-_JSON_FIELDS = ("blocks", "attachments", "view", "metadata", "chunks")
+_JSON_FIELDS = ("blocks", "attachments", "view", "metadata", "chunks", "prompts")
 _STREAM_METHODS = ("chat.startStream", "chat.appendStream", "chat.stopStream")
 
 Json = dict[str, Any]
@@ -124,6 +129,7 @@ class FakeSlack:
         self._response_urls: dict[str, Json] = {}  # id -> {"channel", "message_ts"}
         self._views: dict[str, Json] = {}
         self._home_views: dict[str, Json] = {}
+        self._assistant_threads: dict[tuple[str, str], Json] = {}  # (channel, thread_ts) -> recorded state
         self._dm_channels: dict[str, str] = {}
         self._files: dict[str, Json] = {}       # files.info objects, keyed by file id
         self._file_data: dict[str, bytes] = {}  # what url_private_download serves, keyed by file id
@@ -453,6 +459,55 @@ class FakeSlack:
                 return 200, "text/html; charset=utf-8", b"<!DOCTYPE html><html><body>Sign in to Slack</body></html>"
             return 200, "application/octet-stream", self._file_data[file_id]
 
+    def start_assistant_thread(self, user: str, context_channel: str | None = None,
+                               channel: str | None = None) -> Json:
+        """The user opens a new thread in the app's assistant view: Slack posts the thread's root
+        message (subtype `assistant_app_thread`, from the app) in their DM and sends
+        `assistant_thread_started`. The thread is `event["assistant_thread"]["thread_ts"]`."""
+        with self._lock:
+            channel = channel or self._dm_channel(user)
+            self._dm_channels.setdefault(user, channel)
+            ts = self._next_ts()
+            root = self._new_message(channel, ts, None, "New chat", None, self.bot_user_id, self.bot_id)
+            root["subtype"] = "assistant_app_thread"
+            self._messages.append(root)
+            self._assistant_threads.setdefault((channel, ts), self._new_assistant_thread())
+            event_ts = self._next_ts()
+        return self._event({"type": "assistant_thread_started", "event_ts": event_ts,
+                            "assistant_thread": self._assistant_thread_payload(user, channel, ts, context_channel)})
+
+    def change_assistant_context(self, user: str, thread_ts: str, context_channel: str | None,
+                                 channel: str | None = None) -> Json:
+        """The user switched channels while the assistant thread was open."""
+        with self._lock:
+            channel = channel or self._dm_channel(user)
+            event_ts = self._next_ts()
+        return self._event({"type": "assistant_thread_context_changed", "event_ts": event_ts,
+                            "assistant_thread": self._assistant_thread_payload(user, channel, thread_ts,
+                                                                               context_channel)})
+
+    def assistant_message(self, user: str, text: str, thread_ts: str, channel: str | None = None) -> Json:
+        """The user writes in an assistant thread: a DM `message` event inside the thread."""
+        with self._lock:
+            channel = channel or self._dm_channel(user)
+        return self.dm(user, text, thread_ts=thread_ts, channel=channel)
+
+    def _assistant_thread_payload(self, user: str, channel: str, thread_ts: str,
+                                  context_channel: str | None) -> Json:
+        context: Json = {"channel_id": context_channel, "team_id": self.team_id, "enterprise_id": None} \
+            if context_channel else {}
+        return {"user_id": user, "context": context, "channel_id": channel, "thread_ts": thread_ts}
+
+    @staticmethod
+    def _new_assistant_thread() -> Json:
+        return {"status": "", "statuses": [], "title": None, "titles": [], "prompts": None, "prompt_calls": []}
+
+    def assistant_thread(self, channel: str, thread_ts: str) -> Json:
+        """What the app set on a thread: `status` (current; "" once cleared), `statuses` (every
+        setStatus call's params), `title` / `titles`, `prompts` (the latest list) / `prompt_calls`."""
+        with self._lock:
+            return copy.deepcopy(self._assistant_threads.get((channel, thread_ts)) or self._new_assistant_thread())
+
     def home_opened(self, user: str) -> Json:
         with self._lock:
             event: Json = {"type": "app_home_opened", "user": user, "channel": self._dm_channel(user),
@@ -649,6 +704,8 @@ class FakeSlack:
     def _api_message(self, m: Json) -> Json:
         """A stored message in the shape the Web API and payloads use."""
         out: Json = {"type": "message", "ts": m["ts"], "text": m["text"], "team": self.team_id}
+        if m.get("subtype"):
+            out["subtype"] = m["subtype"]
         if m["user"]:
             out["user"] = m["user"]
         if m["bot_id"]:
@@ -753,6 +810,7 @@ class FakeSlack:
         message = self._new_message(channel, self._next_ts(), p.get("thread_ts") or None, text or "", blocks,
                                     self.bot_user_id, self.bot_id)
         self._messages.append(message)
+        self._replied(channel, p.get("thread_ts"))
         return {"channel": channel, "ts": message["ts"], "message": self._api_message(message)}
 
     def _api_chat_update(self, p: Json) -> Json:
@@ -821,6 +879,7 @@ class FakeSlack:
         message["stream"] = {"state": "open", "texts": [text], "recipient_user_id": p.get("recipient_user_id"),
                              "recipient_team_id": p.get("recipient_team_id")}
         self._messages.append(message)
+        self._replied(channel, p.get("thread_ts"))
         return {"channel": message["channel"], "ts": message["ts"]}
 
     def _api_chat_appendStream(self, p: Json) -> Json:
@@ -834,6 +893,62 @@ class FakeSlack:
         self._stream_to(message, self._stream_text(p), p.get("blocks"))
         message["stream"]["state"] = "stopped"
         return {"channel": message["channel"], "ts": message["ts"], "message": self._api_message(message)}
+
+    # The assistant view's thread methods (scope assistant:write; setStatus also takes chat:write, so it
+    # works in any thread). Each call is checked like Slack does and recorded on the thread.
+
+    def _thread_state(self, p: Json, need_thread: bool = True) -> Json:
+        channel, thread_ts = p.get("channel_id") or "", p.get("thread_ts") or ""
+        if not channel:
+            raise _ApiError("channel_not_found")
+        if need_thread and not thread_ts:
+            raise _ApiError("invalid_arguments")
+        if thread_ts and self._find(channel, thread_ts) is None:
+            raise _ApiError("thread_not_found")
+        return self._assistant_threads.setdefault((channel, thread_ts), self._new_assistant_thread())
+
+    def _replied(self, channel: str, thread_ts: str | None) -> None:
+        """Slack clears a thread's status when the app replies in it."""
+        state = self._assistant_threads.get((channel, thread_ts or ""))
+        if state is not None:
+            state["status"] = ""
+
+    def _api_assistant_threads_setStatus(self, p: Json) -> Json:
+        if not isinstance(p.get("status"), str):
+            raise _ApiError("invalid_arguments")  # required; "" clears it
+        loading = p.get("loading_messages")
+        if isinstance(loading, str):  # form-encoded lists arrive comma-joined
+            loading = [m for m in loading.split(",") if m]
+        if loading is not None and (not isinstance(loading, list) or len(loading) > 10):
+            raise _ApiError("invalid_arguments")
+        state = self._thread_state(p)
+        state["status"] = p["status"]
+        state["statuses"].append({"status": p["status"], "loading_messages": loading})
+        return {}
+
+    def _api_assistant_threads_setTitle(self, p: Json) -> Json:
+        title = p.get("title")
+        if not isinstance(title, str) or not title.strip():
+            raise _ApiError("invalid_arguments")
+        state = self._thread_state(p)
+        state["title"] = title
+        state["titles"].append(title)
+        return {}
+
+    def _api_assistant_threads_setSuggestedPrompts(self, p: Json) -> Json:
+        prompts = p.get("prompts")
+        if isinstance(prompts, str):
+            try:
+                prompts = json.loads(prompts)
+            except ValueError:
+                raise _ApiError("invalid_arguments") from None
+        if (not isinstance(prompts, list) or not 1 <= len(prompts) <= 4
+                or not all(isinstance(x, dict) and x.get("title") and x.get("message") for x in prompts)):
+            raise _ApiError("invalid_arguments")  # 1–4 prompts, each with a title and a message
+        state = self._thread_state(p, need_thread=False)
+        state["prompts"] = {"title": p.get("title"), "prompts": prompts}
+        state["prompt_calls"].append(state["prompts"])
+        return {}
 
     def _reaction(self, p: Json) -> list[str]:
         message = self._find(p.get("channel", ""), p.get("timestamp", ""))

@@ -232,3 +232,55 @@ def test_feedback_buttons_click_sends_the_clicked_buttons_value(fake: FakeSlack,
     action = envelope["payload"]["actions"][0]
     assert action["type"] == "feedback_buttons" and action["text"]["text"] == "Bad"
     fake.wait_for(lambda: any(m["text"] == "feedback_buttons bad-1" for m in fake.messages("C1")))
+
+
+def test_assistant_thread_events_and_methods(fake: FakeSlack, client: WebClient) -> None:
+    """A bare Bolt `Assistant` on the fake: thread started, a message in the thread, and the
+    assistant.threads.* methods it calls, recorded per thread."""
+    from slack_bolt import Assistant
+
+    app = App(client=client)
+    assistant = Assistant()
+
+    @assistant.thread_started
+    def started(say, set_suggested_prompts) -> None:  # type: ignore[no-untyped-def]
+        say("hello")
+        set_suggested_prompts(prompts=["What is X?", {"title": "Y", "message": "Tell me about Y"}], title="Try")
+
+    @assistant.user_message
+    def message(payload: dict, say, set_status, set_title) -> None:  # type: ignore[no-untyped-def]
+        set_title(payload["text"])
+        set_status("is thinking…", loading_messages=["Reading…", "Writing…"])
+        say(f"re: {payload['text']}")
+
+    app.assistant(assistant)
+    handler = SocketModeHandler(app, "xapp-test", ping_interval=0.5)
+    handler.connect()
+    try:
+        fake.wait_for(lambda: fake.connected, timeout=5)
+        event = fake.start_assistant_thread("U1", context_channel="C1")["payload"]["event"]
+        channel, thread = event["assistant_thread"]["channel_id"], event["assistant_thread"]["thread_ts"]
+        root = fake.messages(channel)[0]
+        assert root["ts"] == thread and root["subtype"] == "assistant_app_thread"
+        prompts = fake.wait_for(lambda: fake.assistant_thread(channel, thread)["prompts"])
+        assert prompts == {"title": "Try", "prompts": [{"title": "What is X?", "message": "What is X?"},
+                                                      {"title": "Y", "message": "Tell me about Y"}]}
+        fake.wait_for(lambda: any(m["text"] == "hello" for m in fake.messages(channel, thread)))
+
+        fake.assistant_message("U1", "What is X?", thread)
+        fake.wait_for(lambda: any(m["text"] == "re: What is X?" for m in fake.messages(channel, thread)))
+        state = fake.assistant_thread(channel, thread)
+        assert state["titles"] == ["What is X?"]
+        assert state["statuses"] == [{"status": "is thinking…", "loading_messages": ["Reading…", "Writing…"]}]
+        assert state["status"] == ""  # cleared by the reply, as Slack does
+    finally:
+        handler.close()
+
+    # Slack's checks: a thread that exists, 1–4 prompts with title and message, a non-empty title.
+    with pytest.raises(SlackApiError, match="thread_not_found"):
+        client.assistant_threads_setStatus(channel_id=channel, thread_ts="1.000001", status="x")
+    with pytest.raises(SlackApiError, match="invalid_arguments"):
+        client.assistant_threads_setSuggestedPrompts(channel_id=channel, thread_ts=thread,
+                                                     prompts=[{"title": "t", "message": "m"}] * 5)
+    with pytest.raises(SlackApiError, match="invalid_arguments"):
+        client.assistant_threads_setTitle(channel_id=channel, thread_ts=thread, title=" ")
