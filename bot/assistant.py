@@ -14,8 +14,8 @@ rate: bot/hardening.py) is a global middleware registered before this one, so it
 first. Needs the `assistant:write` scope and the `assistant_view` feature (bot/manifest.yml).
 
 Suggested prompts never show other people's questions (they may be private): the user's own earlier
-questions that got a 👍, then questions generated from the documents themselves (the `qa_pairs` the
-training cycle distils; the thread is a DM, which may read every document), then "What can you do?".
+questions that got a 👍, then questions generated from the documents themselves (the training split of
+the `qa_pairs` the cycle distils; the thread is a DM, which may read every document), then "What can you do?".
 """
 
 from __future__ import annotations
@@ -93,7 +93,10 @@ def suggested_prompts(store: Store, user: str, limit: int = MAX_PROMPTS) -> list
             "WHERE i.user_id = ? AND f.vote > 0 AND i.route = 'question' AND length(i.question) <= ? "
             "GROUP BY lower(i.question) ORDER BY asked DESC LIMIT ?", (user, PROMPT_CHARS, limit))]
         rows += [r["question"] for r in store.query(
-            "SELECT question FROM qa_pairs WHERE length(question) <= ? ORDER BY random() LIMIT ?",
+            # Training split only: held-out questions asked (and voted on) in Slack would leak into
+            # the data the gate measures on.
+            "SELECT question FROM qa_pairs WHERE split = 'train' AND length(question) <= ? "
+            "ORDER BY random() LIMIT ?",
             (PROMPT_CHARS, limit))]
     except Exception:  # prompts are a convenience: a store problem must not cost the greeting
         log.warning("could not read suggested prompts from the store", exc_info=True)

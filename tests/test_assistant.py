@@ -178,3 +178,20 @@ def test_manifest_enables_the_assistant_view() -> None:
     events = manifest["settings"]["event_subscriptions"]["bot_events"]
     assert {"assistant_thread_started", "assistant_thread_context_changed", "message.im"} <= set(events)
     assert manifest["features"]["assistant_view"]["assistant_description"]
+
+
+def test_prompts_use_only_training_questions_from_the_documents(tmp_path: Path) -> None:
+    from bot.assistant import suggested_prompts
+    from storage.config import Settings
+    from storage.db import Store
+
+    store = Store(Settings(home=tmp_path / "home").db_path)
+    try:
+        assert suggested_prompts(store, "U1") == [HELP_PROMPT]
+        for n, split in enumerate(("train", "heldout")):
+            store.insert("qa_pairs", {"id": f"q{n}", "question": f"What is rule {split}?", "answer": "a",
+                                      "split": split, "teacher": "t", "created_at": "2026-01-01"})
+        prompts = suggested_prompts(store, "U1")
+        assert [p["message"] for p in prompts] == ["What is rule train?", HELP_PROMPT["message"]]
+    finally:
+        store.close()
