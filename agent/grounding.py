@@ -306,11 +306,12 @@ def names(question: str) -> list[str]:
     """Words the question uses as names: acronyms ("GPU", "S3"), mixed case ("WebAssembly"), letters with
     digits ("FTS5"), and — in an English question, where only names are capitalized mid-sentence — a
     Capitalized word that doesn't start a sentence ("Python"). German capitalizes every noun, so there
-    only the first three kinds count."""
+    only the first three kinds count. Adjacent name words are one name ("Amazon S3", "BEGIN IMMEDIATE")."""
     words = list(_NAME.finditer(question))
     stop = stopwords()
     english = sum(w.group().lower() in stop for w in words) >= max(2, len(words) // 5)
     out: list[str] = []
+    end = -1  # where the last name ended: a name right after it (one space between) continues it
     for match in words:
         word = match.group()
         letters = [c for c in word if c.isalpha()]
@@ -321,16 +322,22 @@ def names(question: str) -> list[str]:
         capitalized = (english and upper == 1 and word[0].isupper() and word != "I"
                        and not _SENTENCE_START.search(question[: match.start()]))
         if acronym or mixed or digits or capitalized:
-            out.append(word)
+            if out and question[end : match.start()] == " ":  # "Amazon S3", "Christmas Day": one name
+                out[-1] += " " + word
+            else:
+                out.append(word)
+            end = match.end()
     return out
 
 
 def unknown_names(question: str, known: Callable[[set[str]], set[str]]) -> list[str]:
-    """The question's names (`names`) none of whose terms occur anywhere in the documents, as written.
+    """The question's names (`names`) none of whose terms occur anywhere in the documents.
 
     A question about "GPU" aggregates or "WebAssembly" builds asks about something the documents never
-    mention: any passage found for it answers a different question. `known(terms)` returns the subset of
-    analyzed terms present in the corpus (the BM25 vocabulary)."""
+    mention: any passage found for it answers a different question. A name of several words counts as
+    known when any of its words is ("Christmas Day" where the documents say "holiday … day off"): a
+    partial match may be the documents' own wording of it. `known(terms)` returns the subset of analyzed
+    terms present in the corpus (the BM25 vocabulary)."""
     out = []
     for name in names(question):
         wanted = terms(name)

@@ -196,6 +196,14 @@ def test_a_name_the_documents_never_mention_is_unknown():
     known = lambda wanted: wanted & corpus  # noqa: E731 - the BM25 vocabulary's role
     assert unknown_names("How do I run SQLite aggregate queries on a GPU?", known) == ["GPU"]
     assert unknown_names("Which Python version has the sqlite3 module?", known) == []
+    assert names("Can I back up to Amazon S3 nightly?") == ["Amazon S3"]
+
+
+def test_a_name_partly_in_the_documents_is_not_unknown():
+    corpus = terms("Working a holiday as primary earns an extra day of time off in lieu.")
+    known = lambda wanted: wanted & corpus  # noqa: E731
+    # "Christmas Day" is the documents' "holiday": refusing it would refuse an answerable question.
+    assert unknown_names("If I work Christmas Day as the primary, do I get anything extra?", known) == []
 
 
 def test_a_heading_or_breadcrumb_is_not_an_answer(embed):
