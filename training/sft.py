@@ -31,7 +31,8 @@ Why the settings differ from trl's defaults (all measured on a 2-core CPU withou
     matmul of a 135M model;
   * torch threads = cores, dataloader workers 0 (worker processes only steal the cores);
   * learning rate 2e-4, the usual LoRA rate (trl's 2e-5 is for full fine-tuning).
-On CUDA the recipe switches to QLoRA (4-bit nf4 via bitsandbytes) and bf16.
+On CUDA the recipe runs in bf16. QLoRA (a 4-bit nf4 base via bitsandbytes) only when `quantize` says so
+(FLYWHEEL_QUANTIZE=nf4, on CPU or CUDA; training/quantize.py), never because a GPU happens to be there.
 
 Robustness: checkpoints every `save_steps` (keeping `save_total_limit`), and a rerun of the same
 RUN.json resumes from the last one. `FLYWHEEL_TRAIN_CRASH_AFTER_STEP=N` kills the process (SIGKILL,
@@ -83,6 +84,7 @@ class RunConfig:
     max_seq_len: int = 768
     threads: int = 0  # 0 = all cores
     packing: bool | None = None  # None = auto: on CUDA (varlen flash attention), off on CPU
+    quantize: str = "none"  # none | nf4: QLoRA on a 4-bit base (training/quantize.py)
     save_steps: int = 50
     save_total_limit: int = 2
     keep_checkpoints: bool = False  # delete checkpoints/ after a successful run
@@ -149,30 +151,20 @@ def load_tokenizer(model_path: str) -> Any:
     return tokenizer
 
 
-def load_base(model_path: str) -> tuple[Any, bool]:
-    """A freshly loaded base model (never the serving one): fp32 on CPU, 4-bit nf4 on CUDA when
-    bitsandbytes is installed. Returns (model, quantized)."""
+def load_base(model_path: str, quantize: str = "none") -> tuple[Any, bool]:
+    """A freshly loaded base model (never the serving one). quantize="none": fp32 on CPU, bf16 on CUDA;
+    "nf4": 4-bit nf4 via bitsandbytes (training/quantize.py), on CPU or CUDA. Returns (model, quantized)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     local = Path(model_path).exists()
-    if torch.cuda.is_available():
-        try:
-            from transformers import BitsAndBytesConfig
+    cuda = torch.cuda.is_available()
+    if quantize != "none":
+        from training.quantize import load_quantized_base
 
-            import bitsandbytes  # noqa: F401  (only its presence matters)
-        except ImportError:
-            bitsandbytes = None
-        if bitsandbytes is not None:
-            from peft import prepare_model_for_kbit_training
-
-            quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                       bnb_4bit_compute_dtype=torch.bfloat16)
-            model = AutoModelForCausalLM.from_pretrained(model_path, quantization_config=quant, local_files_only=local,
-                                                         device_map={"": int(os.environ.get("LOCAL_RANK", "0"))})
-            return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False), True
-        return AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16, local_files_only=local), False
-    return AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, local_files_only=local), False
+        return load_quantized_base(model_path, quantize, cuda=cuda, local_files_only=local), True
+    dtype = torch.bfloat16 if cuda else torch.float32
+    return AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, local_files_only=local), False
 
 
 def load_jsonl(path: str, columns: tuple[str, ...]) -> Any:
@@ -362,7 +354,7 @@ def build_trainer(cfg: RunConfig) -> tuple[Any, Any, dict[str, Any]]:
 
     cuda = torch.cuda.is_available()
     tokenizer = load_tokenizer(cfg.model)
-    model, quantized = load_base(cfg.model)
+    model, quantized = load_base(cfg.model, cfg.quantize)
     train = load_jsonl(cfg.train_file, ("prompt", "completion"))
     heldout = load_jsonl(cfg.eval_file, ("prompt", "completion")) if has_rows(cfg.eval_file) else None
     packing = cuda if cfg.packing is None else cfg.packing
@@ -448,6 +440,10 @@ def run_recipe(cfg: RunConfig, build: Any) -> dict[str, Any]:
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     threads = set_threads(cfg.threads)
     trainer, callback, info = build(cfg)
+    if info.get("quantized") and info.get("device") == "cpu":  # QLoRA on CPU: the adapter trains in float32
+        from training.quantize import float32_adapter
+
+        float32_adapter(trainer.model)
     resume = last_checkpoint(cfg)
     emit("config", threads=threads, resume_from=resume, **info)
     trainer.train(resume_from_checkpoint=resume)

@@ -42,6 +42,7 @@ from agent.models import resolve_model
 from storage.config import Settings, scrubbed_environment
 from storage.db import Store, new_id
 from training.budget import recipe_key, save_steps, step_seconds_from_losses
+from training.quantize import quantize_problem
 from training.registry import AdapterRecord, next_version, register
 from training.sft import EVENT_PREFIX, RunConfig
 
@@ -137,6 +138,7 @@ def build_run_config(
         grad_accum=settings.grad_accum,
         max_seq_len=settings.max_seq_len,
         threads=settings.train_threads,
+        quantize=settings.quantize,
         # A checkpoint (and a held-out evaluation) every 25 steps, half-way through a short capped run.
         save_steps=save_steps(max_steps),
         extra={"run_id": run_id, "dataset_dir": str(dataset_dir), "data_counts": counts},
@@ -272,6 +274,9 @@ def train_adapter(
     """
     if method not in DATA_FILES:
         raise ValueError(f"method must be one of {sorted(DATA_FILES)}, not {method!r}")
+    problem = quantize_problem(settings.quantize, settings.backend)  # before any folder or process exists
+    if problem:
+        raise TrainingError(problem)
     dataset_dir = Path(dataset_dir).expanduser().resolve()
     train_file = dataset_dir / DATA_FILES[method]
     if count_lines(train_file) == 0:
