@@ -1,7 +1,7 @@
 """The slash command (`/flywheel` by default, `settings.slack_command`) and the App Home tab.
 
     /flywheel help                 anyone
-    /flywheel status               anyone: documents, chunks, answers and 👍 rate this week, adapter
+    /flywheel status               anyone: documents, chunks, answers and 👍 rate this week, adapter, a running cycle
     /flywheel ingest <path>        admin: ingest a file or folder under FLYWHEEL_INGEST_ROOTS, in the background
     /flywheel scope [show | set <folder or file> … | clear]     admin: this channel's knowledge scope
     /flywheel retrain | eval | promote <version> | rollback     admin: the training flywheel
@@ -16,7 +16,9 @@ slow subcommands) and slow work runs on the bot's worker pool, replying through 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -71,9 +73,47 @@ def status_text(bot: Bot) -> str:
         metrics = ", ".join(f"{k} {v}" for k, v in dict(info["adapter_metrics"]).items())
         lines.append(f"• Adapter metrics: {metrics}")
     lines.append(f"• Retriever: {retriever_line(info)}")
+    if info.get("cycle"):
+        lines.append(f"• {cycle_line(info['cycle'])}")
     next_run = bot.store.get_kv("next_training_run_at")  # written by the scheduler once it exists
     lines.append(f"• Next scheduled training: {next_run or 'not scheduled'}")
     return "\n".join(lines)
+
+
+CYCLE_STAGES = {
+    "start": "starting", "ingest": "refreshing the documents", "distill": "distilling Q&A pairs",
+    "dataset": "building the datasets", "plan": "planning the training", "train_dpo": "preference training (DPO)",
+    "train_kto": "preference training (KTO)", "evaluate": "gating the new adapter",
+    "retriever_train": "training the retriever", "retriever_gate": "gating the retriever",
+    "retriever_switch": "switching the retriever",
+}
+
+
+def cycle_line(cycle: dict[str, Any]) -> str:
+    """`Cycle running: training 120 of 565 new pairs (step 30/118), ETA 14:32 UTC` while it trains, else the
+    stage (`Cycle running: gating the new adapter`); from `flywheel status`'s `cycle` (agent/status.py)."""
+    stage = cycle.get("stage") or "start"
+    if stage != "train":
+        return f"Cycle running: {CYCLE_STAGES.get(stage, stage.replace('_', ' '))}"
+    # The plan's head ("training 120 of 565 new pairs (+30 already learned)"), without its estimate and budget.
+    text = re.split(r"[,;·]", cycle.get("plan") or "training")[0].strip()
+    if cycle.get("step") and cycle.get("max_steps"):
+        text += f" (step {cycle['step']}/{cycle['max_steps']})"
+    eta = _utc_clock(cycle.get("eta_at"))
+    return f"Cycle running: {text}" + (f", ETA {eta}" if eta else "")
+
+
+def _utc_clock(iso: str | None) -> str | None:
+    """`14:32 UTC` of an ISO timestamp (the store keeps UTC), or None."""
+    if not iso:
+        return None
+    try:
+        when = datetime.fromisoformat(iso)
+    except ValueError:
+        return None
+    if when.tzinfo is not None:
+        when = when.astimezone(UTC)
+    return f"{when:%H:%M} UTC"
 
 
 def retriever_line(info: dict[str, Any]) -> str:

@@ -656,3 +656,28 @@ def test_status_and_home_name_the_serving_retriever_with_its_gate_numbers(fake: 
     fake.home_opened("U1")
     home = json.dumps(fake.wait_for(lambda: fake.home_view("U1"))["blocks"], ensure_ascii=False)
     assert "retriever r0001 (hit@1 0.875" in home
+
+
+def test_status_shows_the_running_cycle_with_its_plan_and_eta(fake: FakeSlack, bot: FlywheelBot) -> None:
+    from agent.status import CYCLE_PROGRESS_KEY
+
+    fake.command("U1", "/flywheel", "status")
+    assert "Cycle running" not in fake.wait_for(lambda: next(t for t in _response_texts(fake) if "Flywheel status" in t))
+    # What training/cycle.py keeps while it trains: a running training_runs row and kv cycle_progress.
+    bot.store.start_training_run("run-1", "schedule")
+    plan = ("training 120 of 565 new pairs, est. 14 min (7.1 s/step × 118 steps); 445 kept for the next cycle")
+    progress = {"run_id": "run-1", "stage": "train", "plan": plan, "step": 30, "max_steps": 118,
+                "seconds_per_step": 7.1, "eta_seconds": 625, "eta_at": "2026-12-01T14:32:05+00:00"}
+    bot.store.set_kv(CYCLE_PROGRESS_KEY, json.dumps(progress))
+    fake.command("U1", "/flywheel", "status")
+    status = fake.wait_for(lambda: next(t for t in _response_texts(fake) if "Cycle running" in t))
+    assert "• Cycle running: training 120 of 565 new pairs (step 30/118), ETA 14:32 UTC" in status
+    bot.store.set_kv(CYCLE_PROGRESS_KEY, json.dumps({**progress, "stage": "evaluate"}))
+    fake.command("U1", "/flywheel", "status")
+    status = fake.wait_for(lambda: next(t for t in _response_texts(fake) if "gating the new adapter" in t))
+    assert "• Cycle running: gating the new adapter" in status and "ETA" not in status
+    bot.store.update_training_run("run-1", status="succeeded")  # a finished (or dead) run is not shown
+    count = len(_response_texts(fake))
+    fake.command("U1", "/flywheel", "status")
+    fake.wait_for(lambda: len(_response_texts(fake)) > count)
+    assert "Cycle running" not in _response_texts(fake)[-1]
