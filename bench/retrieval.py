@@ -49,11 +49,9 @@ def build(home: Path, n: int, seed: int = 0):
         doc = f"doc{i % docs:05d}"
         rows.append({"id": f"{doc}-{i:07d}", "document_id": doc, "ord": i, "source": f"{doc}.md",
                      "page": None, "heading": f"Section {i % 17}", "text": synthetic_text(rng), "tokens": 150})
-    with kb.store.lock:
-        kb.store.db["documents"].insert_all(
-            [{"id": f"doc{d:05d}", "path": f"/bench/doc{d:05d}.md", "name": f"doc{d:05d}.md", "status": "ok",
-              "chunks": 100, "updated_at": "now"} for d in range(docs)], pk="id")
-        kb.store.db["chunks"].insert_all(rows, batch_size=5000)
+    kb.store.insert("documents", [{"id": f"doc{d:05d}", "path": f"/bench/doc{d:05d}.md", "name": f"doc{d:05d}.md",
+                                   "status": "ok", "chunks": 100, "updated_at": "now"} for d in range(docs)])
+    kb.store.insert("chunks", rows)
     vectors = np.random.default_rng(seed).standard_normal((n, kb.embedder.dimension)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     kb.vectors.upsert([IndexedChunk(r["id"], r["document_id"], r["source"], None, r["heading"], r["text"])

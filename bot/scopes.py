@@ -97,7 +97,7 @@ def channel_scope(settings: Settings, store: Store, channel: str) -> Scope:
 
 def set_channel_scope(store: Store, channel: str, entries: list[str] | None, actor: str) -> None:
     """Override the configured scope of `channel` (None = unscoped, even if the config scopes it)."""
-    with store.lock:  # read-modify-write of one kv row: two admins at once must not lose an update
+    with store.transaction():  # read-modify-write of one kv row: two admins at once must not lose an update
         overrides = _overrides(store)
         overrides[channel] = entries
         store.set_kv(OVERRIDES_KEY, json.dumps(overrides, sort_keys=True))

@@ -238,47 +238,22 @@ class KnowledgeBase:
         # New ids: the old version of the file stays live until SQLite switches.
         dense.index.upsert(indexed, vectors, model=dense.embedder.identity)
         stamp = now()
-        with self.store.lock:
-            conn = self.store.db.conn
-            old_ids = [r[0] for r in conn.execute("SELECT id FROM chunks WHERE document_id = ?", (doc_id,))]
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.execute("DELETE FROM chunks WHERE document_id = ?", (doc_id,))
-                conn.execute(
-                    """INSERT INTO documents (id, path, name, kind, sha256, size, pages, chunks, status, error,
-                                              warnings, encoding, ingested_at, updated_at)
-                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'ok', NULL, ?, ?, ?, ?)
-                       ON CONFLICT (id) DO UPDATE SET kind=excluded.kind, sha256=excluded.sha256,
-                         size=excluded.size, pages=excluded.pages, chunks=excluded.chunks, status='ok',
-                         error=NULL, warnings=excluded.warnings, encoding=excluded.encoding,
-                         ingested_at=excluded.ingested_at, updated_at=excluded.updated_at""",
-                    (doc_id, str(path.resolve()), path.name, parsed.kind, sha, path.stat().st_size,
-                     parsed.pages, len(rows), _json_list(parsed.warnings), parsed.encoding, stamp, stamp),
-                )
-                conn.executemany(
-                    "INSERT INTO chunks (id, document_id, ord, source, page, heading, text, tokens) "
-                    "VALUES (:id, :document_id, :ord, :source, :page, :heading, :text, :tokens)",
-                    rows,
-                )
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:  # SQLITE_FULL and friends roll back by themselves
-                    conn.execute("ROLLBACK")
-                self._delete_vectors([c.id for c in indexed], dense.index)
-                raise
-        self._delete_vectors([i for i in old_ids if i not in {r["id"] for r in rows}], dense.index)
+        document = {"id": doc_id, "path": str(path.resolve()), "name": path.name, "kind": parsed.kind, "sha256": sha,
+                    "size": path.stat().st_size, "pages": parsed.pages, "warnings": _json_list(parsed.warnings),
+                    "encoding": parsed.encoding, "ingested_at": stamp, "updated_at": stamp}
+        try:
+            old_ids = self.store.replace_document(document, rows)
+        except BaseException:
+            self._delete_vectors([c.id for c in indexed], dense.index)  # SQLite still points at the old ones
+            raise
+        new_ids = {r["id"] for r in rows}
+        self._delete_vectors([i for i in old_ids if i not in new_ids], dense.index)
 
     def _record_failure(self, doc_id: str, path: Path, previous: dict | None, reason: str) -> None:
         """Remember the failure; a previously good version keeps serving (status 'stale')."""
         try:
-            if previous and previous["chunks"]:
-                self.store.db["documents"].update(doc_id, {"status": "stale", "error": reason, "updated_at": now()})
-            else:
-                self.store.db["documents"].upsert(
-                    {"id": doc_id, "path": str(path.resolve()), "name": path.name, "status": "failed",
-                     "error": reason, "chunks": 0, "updated_at": now()},
-                    pk="id",
-                )
+            self.store.record_document_failure(doc_id, str(path.resolve()), path.name, reason,
+                                               keep_chunks=bool(previous and previous["chunks"]))
         except sqlite3.Error:
             log.exception("could not record the failure of %s", path)
 
@@ -297,16 +272,22 @@ class KnowledgeBase:
             if Path(doc["path"]).exists():
                 continue
             ids = [r["id"] for r in self.store.query("SELECT id FROM chunks WHERE document_id = ?", (doc["id"],))]
-            with self.store.lock:
-                self.store.db.execute("DELETE FROM chunks WHERE document_id = ?", (doc["id"],))
-                self.store.db.execute("DELETE FROM documents WHERE id = ?", (doc["id"],))
+            self.store.delete_document(doc["id"])
             self._delete_vectors(ids)
             results.append(FileResult(doc["path"], "pruned", doc["chunks"] or 0))
         return results
 
     def rebuild_lexical(self) -> None:
-        rows = self.store.query("SELECT id, source, heading, text FROM chunks ORDER BY document_id, ord")
-        self.lexical.rebuild([(r["id"], r["source"], embedding_text(r["source"], r["heading"], r["text"])) for r in rows])
+        """Rebuild BM25 from SQLite. One rebuild at a time (threads of the bot, or processes ingesting at once
+        against a Chroma server): each reads the chunks committed when it starts, and every ingest commits
+        before it rebuilds, so the last rebuild to finish holds everyone's chunks and none overwrites a newer
+        one with an older snapshot half-way."""
+        from filelock import FileLock
+
+        with FileLock(str(self.settings.home / "bm25.lock")):
+            rows = self.store.query("SELECT id, source, heading, text FROM chunks ORDER BY document_id, ord")
+            self.lexical.rebuild([(r["id"], r["source"], embedding_text(r["source"], r["heading"], r["text"]))
+                                  for r in rows])
 
     def reindex(self) -> int:
         """Rebuild both indexes from SQLite (after changing the embedding model, or a lost Chroma folder).

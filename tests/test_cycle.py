@@ -84,7 +84,7 @@ def test_single_flight_across_processes(cycle_settings):
 
 def test_crash_mid_cycle_leaves_serving_untouched(cycle_settings, monkeypatch):
     store = Store(cycle_settings.db_path)
-    store.db["training_runs"].insert({"id": "old", "status": "running", "stage": "train", "started_at": "2026-01-01"})
+    store.insert("training_runs", {"id": "old", "status": "running", "stage": "train", "started_at": "2026-01-01"})
     monkeypatch.setenv("FLYWHEEL_TRAIN_CRASH_AFTER_STEP", "1")  # the recipe dies like a killed process
     result = run_cycle(cycle_settings, store, max_steps=3)
     assert result.status == "failed" and result.stage == "train"

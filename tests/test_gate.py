@@ -233,7 +233,7 @@ def test_gate_questions_take_the_admin_file_liked_answers_and_heldout_pairs(stor
     from storage.db import now
 
     for i in range(6):
-        store.db["qa_pairs"].insert({"id": f"p{i}", "question": f"Held-out question {i}?", "answer": f"Answer {i}.",
+        store.insert("qa_pairs", {"id": f"p{i}", "question": f"Held-out question {i}?", "answer": f"Answer {i}.",
                                      "split": "heldout" if i < 5 else "train", "teacher": "offline",
                                      "created_at": now()})
     answers = {"liked": ("What is the canary share?", "5% of traffic [1].", "model", 1, [1, 1]),

@@ -77,11 +77,8 @@ def _record_generate(gen: TransformersGenerator) -> list[torch.Tensor]:
 
 
 def _add_adapter_row(store: Store, version: str, path: Path, status: str = "promoted") -> None:
-    with store.lock:
-        store.db["adapters"].insert(
-            {"version": version, "path": str(path), "base_model": "tiny", "status": status,
-             "created_at": now(), "promoted_at": now() if status == "promoted" else None}
-        )
+    store.insert("adapters", {"version": version, "path": str(path), "base_model": "tiny", "status": status,
+                              "created_at": now(), "promoted_at": now() if status == "promoted" else None})
     time.sleep(0.002)  # distinct promoted_at timestamps (millisecond resolution)
 
 
@@ -216,8 +213,7 @@ def test_promoted_adapter_from_store(settings: Settings, store: Store, adapters:
     assert gen.adapter == "2024-01-02-b"
     assert not gen.refresh_adapter()
 
-    with store.lock:
-        store.db.execute("UPDATE adapters SET status = 'retired'")
+    store.execute("UPDATE adapters SET status = 'retired'")
     assert gen.refresh_adapter()
     assert gen.adapter is None
 

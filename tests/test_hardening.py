@@ -74,7 +74,7 @@ def test_ingest_paths_must_resolve_under_a_root(tmp_path: Path, store: Store) ->
     # Unset: only folders the knowledge base already holds documents from.
     unset = Settings(home=tmp_path / "home")
     assert "none are set" in str(ingest_path(unset, store, str(root)))
-    store.db["documents"].insert({"id": "d1", "path": str((root / "team" / "a.md").resolve()), "name": "a.md",
+    store.insert("documents", {"id": "d1", "path": str((root / "team" / "a.md").resolve()), "name": "a.md",
                                   "status": "ok", "chunks": 1, "updated_at": "2026-01-01"})
     assert ingest_path(unset, store, str(root / "team")) == (root / "team").resolve()
     assert isinstance(ingest_path(unset, store, str(root)), str)

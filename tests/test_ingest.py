@@ -125,10 +125,10 @@ def test_disk_full_during_store_loses_nothing(kb, docs):
     vectors_before = kb.vectors.count()
     (docs / "deploys.md").write_text("# Deploys\n\n" + "Canary deploys now take 10% of traffic. " * 400)
     pages = kb.store.scalar("PRAGMA page_count")
-    kb.store.db.execute(f"PRAGMA max_page_count = {pages + 1}")
+    kb.store.execute(f"PRAGMA max_page_count = {pages + 1}")
     report = kb.ingest([docs])
     assert "disk full" in report.failed[0].error
-    kb.store.db.execute("PRAGMA max_page_count = 1073741823")
+    kb.store.execute("PRAGMA max_page_count = 1073741823")
     assert kb.stats()["chunks"] == before
     assert kb.vectors.count() == vectors_before  # the new version's vectors were rolled back too
     assert any("5%" in h.text for h in _search(kb, "canary traffic share"))

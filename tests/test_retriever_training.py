@@ -177,9 +177,9 @@ def _shuffle_train_questions(store: Store, seed: int = 0) -> None:
     rows = store.query("SELECT id, question FROM qa_pairs WHERE split = 'train' ORDER BY id")
     questions = [r["question"] for r in rows]
     random.Random(seed).shuffle(questions)
-    with store.lock:
-        for row, question in zip(rows, questions):
-            store.db.execute("UPDATE qa_pairs SET question = ? WHERE id = ?", (question, row["id"]))
+    with store.transaction() as conn:
+        conn.executemany("UPDATE qa_pairs SET question = ? WHERE id = ?",
+                         [(question, row["id"]) for row, question in zip(rows, questions)])
 
 
 def test_gate_rejects_a_candidate_trained_on_shuffled_pairs(kb_store, settings):
@@ -357,16 +357,14 @@ def test_a_collection_is_never_searched_with_another_models_vectors(tiny_setting
 
     # A registry row that would serve MiniLM from the tiny model's collection: a fresh process refuses to
     # search; a running one keeps serving the consistent pair it has, and says which one served.
-    with store.lock:
-        store.db["retrievers"].insert({
-            "version": "r0009", "path": str(bundled_embedding_model()), "base_model": "x", "collection": "chunks",
-            "status": "promoted", "index_state": "ready", "created_at": "2026-01-01", "promoted_at": "2026-01-01"})
+    store.insert("retrievers", {
+        "version": "r0009", "path": str(bundled_embedding_model()), "base_model": "x", "collection": "chunks",
+        "status": "promoted", "index_state": "ready", "created_at": "2026-01-01", "promoted_at": "2026-01-01"})
     with pytest.raises(EmbeddingMismatchError, match="'chunks' holds vectors of"):
         Retriever(KnowledgeBase(tiny_settings, store)).search(QUESTION)
     running = Retriever(kb).search(QUESTION)
     assert running.retriever == "base" and running.hits and kb.dense.embedder.identity == tiny
-    with store.lock:
-        store.db.execute("DELETE FROM retrievers")
+    store.execute("DELETE FROM retrievers")
 
     # Changing the configured embedder: refused until `flywheel ingest --reindex` rebuilds the collection.
     minilm = tiny_settings.model_copy(update={"embedding_model": ""})

@@ -78,7 +78,7 @@ def test_entries_match_absolute_folders_relative_folder_runs_and_file_names(tmp_
 
 
 def _add_document(store: Store, path: str) -> None:
-    store.db["documents"].insert({"id": path, "path": path, "name": Path(path).name, "status": "ok",
+    store.insert("documents", {"id": path, "path": path, "name": Path(path).name, "status": "ok",
                                   "chunks": 1, "updated_at": "2026-01-01"})
 
 

@@ -635,7 +635,7 @@ def test_stream_broken_mid_answer_is_completed_by_an_edit(fake: FakeSlack, bot: 
 
 def test_event_dedupe_is_persisted_and_pruned(store: Store) -> None:
     assert store.claim_event("Ev1") and not store.claim_event("Ev1")
-    store.db.execute("UPDATE slack_events SET received_at = '2000-01-01T00:00:00.000+00:00'")
+    store.execute("UPDATE slack_events SET received_at = '2000-01-01T00:00:00.000+00:00'")
     assert store.prune_events(1.0) == 1
     assert store.claim_event("Ev1")
 
@@ -646,7 +646,7 @@ def test_status_and_home_name_the_serving_retriever_with_its_gate_numbers(fake: 
     assert "Retriever: base" in status
     metrics = {"n": 48, "hit@1": 0.875, "hit@5": 1.0, "compared": {"serving": {"label": "base", "hit@1": 0.792}},
                "decision": {"delta": 0.083, "ci_low": 0.02, "ci_high": 0.15, "p_value": 0.03, "promote": True}}
-    bot.store.db["retrievers"].insert({
+    bot.store.insert("retrievers", {
         "version": "r0001", "path": "/models/r0001", "base_model": "minilm", "collection": "chunks-r0001",
         "status": "promoted", "index_state": "ready", "metrics": json.dumps(metrics),
         "created_at": "2026-11-30T00:00:00", "promoted_at": "2026-11-30T01:00:00"})

@@ -229,7 +229,7 @@ def test_promotion_is_one_transaction(settings, store):
         _fake(settings, store, version)
     registry.promote(settings, store, "v0001", "admin")
     # Make the second UPDATE of a promotion fail: the first (retiring v0001) must be undone too.
-    store.db.execute("CREATE TRIGGER boom BEFORE UPDATE OF status ON adapters "
+    store.execute("CREATE TRIGGER boom BEFORE UPDATE OF status ON adapters "
                      "WHEN NEW.status = 'promoted' AND NEW.version = 'v0002' BEGIN SELECT RAISE(ABORT, 'boom'); END")
     with pytest.raises(Exception, match="boom"):
         registry.promote(settings, store, "v0002", "admin")

@@ -323,13 +323,7 @@ def mark_trained(store: Store, pair_ids: list[str], when: str) -> int:
     """Record that a completed training used these pairs (only those not marked before keep `when`)."""
     if not pair_ids:
         return 0
-    changed = 0
-    with store.transaction() as conn:
-        for start in range(0, len(pair_ids), 500):  # SQLite's bound-parameter limit
-            batch = pair_ids[start:start + 500]
-            changed += conn.execute(f"UPDATE qa_pairs SET trained_at = ? WHERE trained_at IS NULL AND id IN "
-                                    f"({','.join('?' * len(batch))})", [when, *batch]).rowcount
-    return changed
+    return store.mark_qa_pairs_trained(pair_ids, when)
 
 
 def plan_cycle(settings: Settings, store: Store, dataset_dir: Path, order: list[str], new_pairs: int,

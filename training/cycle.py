@@ -149,9 +149,8 @@ def _close_stale_runs(store: Store) -> int:
     """Runs still marked 'running' while we hold the lock were interrupted (crash, kill, reboot)."""
     stale = store.query("SELECT id FROM training_runs WHERE status = 'running'")
     for row in stale:
-        store.db["training_runs"].update(
-            row["id"], {"status": "failed", "error": "interrupted (process ended mid-cycle)", "finished_at": now()}
-        )
+        store.update_training_run(row["id"], status="failed", error="interrupted (process ended mid-cycle)",
+                                  finished_at=now())
     return len(stale)
 
 
@@ -195,8 +194,7 @@ def _run_locked(settings, store, trigger, teacher_kind, max_pairs, force, max_st
     stale = _close_stale_runs(store)
     run_id = new_id()
     result = CycleResult(run_id=run_id, status="running")
-    store.db["training_runs"].insert({"id": run_id, "trigger": trigger, "status": "running", "stage": "start",
-                                      "started_at": now()})
+    store.start_training_run(run_id, trigger)
     if stale:
         say(f"Marked {stale} interrupted run(s) as failed.")
     kb = KnowledgeBase(settings, store)
@@ -210,7 +208,7 @@ def _run_locked(settings, store, trigger, teacher_kind, max_pairs, force, max_st
 
     def stage(name: str) -> None:
         result.stage = name
-        store.db["training_runs"].update(run_id, {"stage": name})
+        store.update_training_run(run_id, stage=name)
         keep_progress(stage=name)
 
     def timed(name: str, fn: Callable[[], Any]) -> Any:
@@ -270,7 +268,7 @@ def _run_locked(settings, store, trigger, teacher_kind, max_pairs, force, max_st
                 settings, store, data.out_dir, run_id=f"{run_id}-{m}", method=m, max_steps=max_steps,
                 init_adapter=a.path, actor=trigger))
         result.adapter_version = adapter.version
-        store.db["training_runs"].update(run_id, {"adapter_version": adapter.version})
+        store.update_training_run(run_id, adapter_version=adapter.version)
 
         gate_settings = settings.model_copy(update={"max_new_tokens": settings.gate_max_new_tokens})
         decision, reports = timed("evaluate", lambda: run_gate_process(gate_settings, adapter.version, qa,
@@ -290,7 +288,7 @@ def _run_locked(settings, store, trigger, teacher_kind, max_pairs, force, max_st
     except Exception as exc:
         log.exception("flywheel cycle %s failed in %s", run_id, result.stage)
         result.status, result.error = "failed", f"{type(exc).__name__}: {exc}"
-        store.db["training_runs"].update(run_id, {"error": traceback.format_exc()[-4000:]})
+        store.update_training_run(run_id, error=traceback.format_exc()[-4000:])
         say(result.summary())
         return _finish(store, result, keep_error=True)
 
@@ -351,7 +349,7 @@ def _finish(store: Store, result: CycleResult, keep_error: bool = False) -> Cycl
     }
     if not keep_error:
         update["error"] = result.error
-    store.db["training_runs"].update(result.run_id, update)
+    store.update_training_run(result.run_id, **update)
     return result
 
 

@@ -271,12 +271,10 @@ def _preference_pairs(store: Store, kb: KnowledgeBase, teacher: Teacher | None, 
         if not chosen or chosen.strip() == draft:
             continue
         if not old or (old["chosen"], old["rejected"], old["source"]) != (chosen, draft, source):
-            with store.lock:
-                if old:
-                    store.db.execute("DELETE FROM preference_pairs WHERE id = ?", (old["id"],))
-                old = {"id": new_id(), "interaction_id": row["id"], "prompt": row["prompt"], "chosen": chosen,
-                       "rejected": draft, "source": source, "created_at": now()}
-                store.db["preference_pairs"].insert(old)
+            replaced = old["id"] if old else None
+            old = {"id": new_id(), "interaction_id": row["id"], "prompt": row["prompt"], "chosen": chosen,
+                   "rejected": draft, "source": source, "created_at": now()}
+            store.replace_preference_pair(replaced, old)
             added += 1
         pairs.append(old)
     return pairs, added

@@ -273,28 +273,9 @@ def _document_text(store: Store, document_id: str) -> str:
 def drop_stale_pairs(store: Store) -> int:
     """Delete pairs whose chunk no longer exists: a changed document got new chunks, and its old pairs
     may state what the document no longer says (and would block the new ones as duplicates)."""
-    with store.lock:
-        return store.db.execute(
-            "DELETE FROM qa_pairs WHERE chunk_id IS NOT NULL AND chunk_id NOT IN (SELECT id FROM chunks)"
-        ).rowcount
+    return store.drop_orphan_qa_pairs()
 
 
 def _store(store: Store, rows: list[dict[str, Any]], chunk_ids: list[str]) -> None:
     """Pairs and the chunks' distilled_at in one transaction: a crash never half-distills a section."""
-    stamp = now()
-    with store.lock:
-        conn = store.db.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.executemany(
-                "INSERT INTO qa_pairs (id, chunk_id, document_id, section, question, answer, reasoning, split,"
-                " teacher, created_at) VALUES (:id, :chunk_id, :document_id, :section, :question, :answer,"
-                " :reasoning, :split, :teacher, :created_at)",
-                rows,
-            )
-            conn.executemany("UPDATE chunks SET distilled_at = ? WHERE id = ?", [(stamp, i) for i in chunk_ids])
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+    store.add_qa_pairs(rows, chunk_ids)

@@ -121,16 +121,14 @@ def register(
         "config": _json(config or {}), "data_counts": _json(data_counts or {}), "losses": _json(losses or []),
         "metrics": _json(metrics or {}), "created_at": now(), "promoted_at": None,
     }
-    with store.lock:
-        store.db["adapters"].insert(row)
+    store.add_adapter(row)
     store.audit(actor, "adapter.register", {"version": version, "path": str(path), "run_id": run_id})
     return get_adapter(store, version)
 
 
 def set_metrics(store: Store, version: str, metrics: dict[str, Any]) -> None:
     """Replace the adapter's evaluation results (the gate's report)."""
-    with store.lock:
-        store.db.execute("UPDATE adapters SET metrics = ? WHERE version = ?", (_json(metrics), version))
+    store.update_adapter(version, metrics=metrics)
 
 
 def promote(settings: Settings, store: Store, version: str, actor: str, *, force: bool = False) -> AdapterRecord:
@@ -146,9 +144,7 @@ def promote(settings: Settings, store: Store, version: str, actor: str, *, force
     if not (Path(record.path) / "adapter_config.json").is_file():
         raise RegistryError(f"{version}: adapter folder {record.path} is missing or incomplete")
     previous = current(store)
-    with store.transaction() as conn:
-        conn.execute("UPDATE adapters SET status = 'retired' WHERE status = 'promoted'")
-        conn.execute("UPDATE adapters SET status = 'promoted', promoted_at = ? WHERE version = ?", (now(), version))
+    store.promote_adapter(version)
     write_pointer(settings, version)
     store.audit(actor, "adapter.promote", {"version": version, "previous": previous.version if previous else None,
                                            "forced": force and record.status == "rejected"})
@@ -166,13 +162,8 @@ def rollback(settings: Settings, store: Store, actor: str) -> AdapterRecord:
         raise RegistryError("nothing to roll back to: no adapter was promoted before "
                             f"{now_serving.version if now_serving else 'the base model'}")
     target = max(earlier, key=lambda a: a.promoted_at or "")
-    with store.transaction() as conn:
-        conn.execute("UPDATE adapters SET status = 'retired' WHERE status = 'promoted'")
-        conn.execute("UPDATE adapters SET status = 'promoted', promoted_at = ? WHERE version = ?",
-                     (now(), target.version))
-        if now_serving is not None:
-            # The rolled-back adapter is marked bad, so a later rollback doesn't bring it back.
-            conn.execute("UPDATE adapters SET status = 'rejected' WHERE version = ?", (now_serving.version,))
+    # The rolled-back adapter is marked bad, so a later rollback doesn't bring it back.
+    store.promote_adapter(target.version, reject=now_serving.version if now_serving is not None else None)
     write_pointer(settings, target.version)
     store.audit(actor, "adapter.rollback", {"from": now_serving.version if now_serving else None,
                                             "to": target.version})
@@ -184,8 +175,7 @@ def reject(settings: Settings, store: Store, version: str, actor: str, reason: s
     record = get_adapter(store, version)
     if record.status == "promoted":
         raise RegistryError(f"{version} is serving; roll back or promote another version first")
-    with store.lock:
-        store.db.execute("UPDATE adapters SET status = 'rejected' WHERE version = ?", (version,))
+    store.update_adapter(version, status="rejected")
     store.audit(actor, "adapter.reject", {"version": version, "reason": reason})
     return get_adapter(store, version)
 

@@ -123,10 +123,7 @@ def next_version(settings: Settings, store: Store) -> str:
 
 
 def _update(store: Store, version: str, **fields: Any) -> None:
-    sets = ", ".join(f"{k} = ?" for k in fields)
-    with store.lock:
-        store.db.execute(f"UPDATE retrievers SET {sets} WHERE version = ?",
-                         (*[_json(v) if isinstance(v, (dict, list)) else v for v in fields.values()], version))
+    store.update_retriever(version, **fields)
 
 
 def register(settings: Settings, store: Store, *, version: str, path: str | Path, base_model: str,
@@ -145,8 +142,7 @@ def register(settings: Settings, store: Store, *, version: str, path: str | Path
            "collection": collection_name(settings, version), "status": "candidate", "index_state": "none",
            "run_id": run_id, "config": _json(config or {}), "data_counts": _json(data_counts or {}),
            "losses": _json(losses or []), "metrics": _json({}), "created_at": now(), "promoted_at": None}
-    with store.lock:
-        store.db["retrievers"].insert(row)
+    store.add_retriever(row)
     store.audit(actor, "retriever.register", {"version": version, "path": row["path"], "run_id": run_id})
     return get_retriever(store, version)
 
@@ -210,9 +206,7 @@ def drop_old_collections(settings: Settings, store: Store, keep: set[str]) -> li
             client.delete_collection(name)
             dropped.append(name)
     if dropped:
-        marks = ",".join("?" * len(dropped))
-        with store.lock:
-            store.db.execute(f"UPDATE retrievers SET index_state = 'dropped' WHERE collection IN ({marks})", tuple(dropped))
+        store.mark_collections_dropped(dropped)
     return dropped
 
 
@@ -257,14 +251,8 @@ def switch(settings: Settings, store: Store, version: str | None, actor: str, *,
             if record is not None:
                 _update(store, record.version, index_state="failed")
             raise
-        with store.transaction() as conn:
-            if mode == "rollback" and previous.version:
-                conn.execute("UPDATE retrievers SET status = 'rejected' WHERE status = 'promoted'")
-            else:
-                conn.execute("UPDATE retrievers SET status = 'retired' WHERE status = 'promoted'")
-            if record is not None:
-                conn.execute("UPDATE retrievers SET status = 'promoted', promoted_at = ?, index_state = 'ready' "
-                             "WHERE version = ?", (now(), record.version))
+        store.switch_retriever(record.version if record is not None else None,
+                               reject_previous=mode == "rollback" and bool(previous.version))
         # Chunks ingested by a process still on the old pair between the last pass and the flip.
         counts_after = sync_collection(settings, store, target, None, on_progress)
         dropped = drop_old_collections(settings, store, {target.collection, previous.collection}) \
