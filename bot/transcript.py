@@ -5,7 +5,8 @@
 
 It starts tests/fakeslack.py's FakeSlack (Web API + Socket Mode on 127.0.0.1), ingests the sample
 handbook into a temporary FLYWHEEL_HOME, runs the real bot over Socket Mode, then: asks a question
-in a channel, shows the placeholder, every streamed update and the final answer with citations,
+in a channel, shows the status, every natively streamed piece of checked text and the final answer
+with citations and feedback buttons,
 adds a 👍 reaction and prints the stored feedback row, and runs `/flywheel status` as an admin.
 The fake lives in tests/ (it is the tests' double); this dev tool imports it from there, so run it
 from the repository root.
@@ -30,18 +31,27 @@ USER = "UALICE"
 CHANNEL = "C0001"
 
 
+def _button_labels(element: dict[str, Any]) -> list[str]:
+    if element.get("type") == "feedback_buttons":  # Slack's native 👍/👎 pair
+        return [element[k]["text"]["text"] for k in ("positive_button", "negative_button") if k in element]
+    return [element["text"]["text"]] if "text" in element else []
+
+
 def render(message: dict[str, Any]) -> str:
-    """A message as Slack would roughly display it: sections, citation context, buttons."""
-    if not message.get("blocks"):
-        return message["text"]
-    lines: list[str] = []
-    for block in message["blocks"]:
-        if block["type"] == "section":
+    """A message as Slack would roughly display it: its text or markdown/section blocks, citation context,
+    buttons (classic actions or the native feedback buttons in a context_actions block)."""
+    blocks = message.get("blocks") or []
+    lines: list[str] = [] if any(b["type"] in ("markdown", "section") for b in blocks) else [message["text"]]
+    for block in blocks:
+        if block["type"] == "markdown":
+            lines.append(block["text"])
+        elif block["type"] == "section":
             lines.append(block["text"]["text"])
         elif block["type"] == "context":
             lines += ["  " + line for e in block["elements"] for line in e["text"].splitlines()]
-        elif block["type"] == "actions":
-            lines.append("  " + "  ".join(f"[{e['text']['text']}]" for e in block["elements"]))
+        elif block["type"] in ("actions", "context_actions"):
+            labels = [label for e in block["elements"] for label in _button_labels(e)]
+            lines.append("  " + "  ".join(f"[{label}]" for label in labels))
     return "\n".join(lines).replace("&gt;", ">").replace("&lt;", "<").replace("&amp;", "&")
 
 
@@ -86,12 +96,18 @@ def main() -> None:
         say(USER, f"@flywheel {args.question}")
         thread = fake.mention(USER, CHANNEL, f"<@UBOT> {args.question}")["payload"]["event"]["ts"]
         answer = fake.wait_for(
-            lambda: next(m for m in fake.messages(CHANNEL, thread, include_parent=False) if m["blocks"]),
+            lambda: next(m for m in fake.messages(CHANNEL, thread, include_parent=False)
+                         if (m.get("stream") or {}).get("state") == "stopped" or (m["blocks"] and not m.get("stream"))),
             timeout=600)
         if fake.calls("assistant.threads.setStatus"):
             say("(status)", fake.calls("assistant.threads.setStatus")[0]["params"].get("status", ""))
-        for number, version in enumerate(answer["updates"]):
-            say("flywheel" if number == 0 else "(update)", render(version))
+        # Native streaming: each call's visible text (it only grows: nothing shown is taken back).
+        streamed = (answer.get("stream") or {}).get("texts", [])
+        for number, text in enumerate(t for i, t in enumerate(streamed) if i == 0 or t != streamed[i - 1]):
+            say("flywheel" if number == 0 else "(stream)", text)
+        if not streamed:  # the chat.update fallback, when the workspace refuses streaming
+            for version in answer.get("updates", []):
+                say("(update)", render(version))
         say("flywheel", render(answer))
 
         print()
