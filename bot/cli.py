@@ -47,6 +47,19 @@ def _agent():
     return Agent(_settings())
 
 
+def _own_chroma(settings, command: str) -> None:
+    """Take ownership of the embedded Chroma store before any work, or exit 2 saying who owns it and what to do
+    instead (stop the bot, or run a Chroma server and set FLYWHEEL_CHROMA_HOST): a second process writing the
+    embedded store could corrupt it. With FLYWHEEL_CHROMA_HOST this does nothing."""
+    from storage.index import ChromaBusyError, claim_chroma
+
+    try:
+        claim_chroma(settings)
+    except ChromaBusyError as exc:
+        err.print(f"[red]Cannot run `flywheel {command}`:[/] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+
+
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details to stderr.")] = False) -> None:
     logging.basicConfig(
@@ -70,7 +83,9 @@ def ingest(
 
     from storage.knowledge import KnowledgeBase
 
-    kb = KnowledgeBase(_settings())
+    settings = _settings()
+    _own_chroma(settings, "ingest")
+    kb = KnowledgeBase(settings)
     if reindex:
         console.print(f"Reindexed {kb.reindex()} chunks.")
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
@@ -231,6 +246,7 @@ def bot(
     settings = _settings()
     try:
         check_tokens(settings, http=http)  # before loading models: fail in a second, not a minute
+        _own_chroma(settings, "bot")  # the bot owns the embedded store for as long as it runs
         flywheel_bot = build_app(settings, http=http)
     except ConfigError as exc:
         err.print(f"[red]Cannot start the Slack bot:[/] {escape(str(exc))}")
@@ -602,7 +618,9 @@ def cycle(
     from training.cycle import run_cycle
 
     say = (lambda message: None) if as_json else (lambda message: err.print(f"[dim]{escape(message)}[/]"))
-    result = run_cycle(_settings(), trigger="command", teacher_kind=teacher, max_pairs=max_pairs, force=force,
+    settings = _settings()
+    _own_chroma(settings, "cycle")
+    result = run_cycle(settings, trigger="command", teacher_kind=teacher, max_pairs=max_pairs, force=force,
                        max_steps=max_steps, on_progress=say)
     if as_json:
         print(json.dumps(asdict(result), default=str))
@@ -618,6 +636,7 @@ def scheduler() -> None:
     from training.scheduler import build_scheduler, start
 
     settings = _settings()
+    _own_chroma(settings, "scheduler")  # its cycles ingest and search: only one process may own the store
     sched = build_scheduler(settings, blocking=True)
     if sched is None:
         err.print("FLYWHEEL_CYCLE_CRON is empty: nothing to schedule.")

@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,15 +54,92 @@ MODEL_KEY = "embedding_model"  # collection metadata: model_identity() of the mo
 RETRIEVER_KEY = "retriever"  # collection metadata: the retriever version ("base" = the configured embedder)
 
 
+class ChromaBusyError(RuntimeError):
+    """The embedded Chroma store is owned by another process (see `claim_chroma`)."""
+
+
+OWNER_FILE = "flywheel-owner.lock"  # in the Chroma folder: advisory lock + who holds it (JSON)
+_owned: dict[str, tuple[int, int]] = {}  # resolved Chroma folder -> (pid, fd) of the lock this process holds
+_owned_lock = threading.Lock()
+
+
+def claim_chroma(settings: Settings) -> None:
+    """Make this process the owner of the embedded Chroma store under `settings.chroma_dir`, for its lifetime.
+
+    Chroma's embedded `PersistentClient` is not safe across processes: two processes writing one folder (the
+    bot and `flywheel ingest`, say) can corrupt its HNSW segments or lose vectors. So the first process to
+    open it takes an exclusive advisory lock (`flock`) on `chroma/flywheel-owner.lock` and keeps it until it
+    exits (the kernel releases it even after a crash). Another process gets ChromaBusyError saying who owns
+    the store and what to do instead. Exceptions: a Chroma server (`FLYWHEEL_CHROMA_HOST`) needs no lock, and
+    a child of the owner (the cycle's training and gate processes, which the owner waits for) shares it.
+    Calling it again in the owning process is free."""
+    if settings.chroma_host:
+        return
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no advisory locks; one process per store is then up to the operator
+        return
+    folder = settings.chroma_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    key = str(folder.resolve())
+    with _owned_lock:
+        held = _owned.get(key)
+        if held is not None and held[0] == os.getpid():
+            return
+        # Not inheritable (os.open's default): a training child must not keep the lock after the owner exits.
+        fd = os.open(folder / OWNER_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # BlockingIOError: another process holds it
+            owner = _read_owner(fd)
+            os.close(fd)
+            if owner.get("pid") == os.getppid():
+                return  # the owner started us and waits for us (training/gate child processes)
+            raise ChromaBusyError(_busy_message(folder, owner)) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "command": " ".join(_command_line()),
+                                 "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
+        _owned[key] = (os.getpid(), fd)
+
+
+def _read_owner(fd: int) -> dict:
+    """What the owning process wrote into the lock file ({} if unreadable: it may be writing it right now)."""
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        return json.loads(os.read(fd, 4096).decode() or "{}")
+    except (OSError, ValueError):
+        return {}
+
+
+def _command_line() -> list[str]:
+    import sys
+
+    return [Path(sys.argv[0]).name, *sys.argv[1:3]] if sys.argv and sys.argv[0] else ["python"]
+
+
+def _busy_message(folder: Path, owner: dict) -> str:
+    who = f"pid {owner['pid']}" if owner.get("pid") else "another process"
+    if owner.get("command"):
+        who += f", `{owner['command']}`"
+    if owner.get("since"):
+        who += f", since {owner['since']}"
+    return (f"the embedded Chroma store {folder} is in use by another Flywheel process ({who}). Chroma's embedded "
+            "store is not safe to share between processes. Either stop that process (e.g. the bot; in Slack, "
+            "`/flywheel ingest` ingests through the running bot), or serve the store with a Chroma server — "
+            f"`chroma run --path {folder} --port 8000` — and point every Flywheel process (the bot included) "
+            "at it with FLYWHEEL_CHROMA_HOST=localhost and FLYWHEEL_CHROMA_PORT=8000.")
+
+
 def chroma_client(settings: Settings):
-    """The embedded Chroma store under `settings.chroma_dir`, or a Chroma server (`FLYWHEEL_CHROMA_HOST`)."""
+    """The embedded Chroma store under `settings.chroma_dir` (owned by this process, see `claim_chroma`), or a
+    Chroma server (`FLYWHEEL_CHROMA_HOST`, `FLYWHEEL_CHROMA_PORT`), which any number of processes can share."""
     import chromadb
     from chromadb.config import Settings as ChromaSettings
 
     chroma_settings = ChromaSettings(anonymized_telemetry=False, allow_reset=False)
     if settings.chroma_host:
         return chromadb.HttpClient(host=settings.chroma_host, port=settings.chroma_port, settings=chroma_settings)
-    settings.chroma_dir.mkdir(parents=True, exist_ok=True)
+    claim_chroma(settings)
     return chromadb.PersistentClient(path=str(settings.chroma_dir), settings=chroma_settings)
 
 
