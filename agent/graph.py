@@ -475,9 +475,15 @@ def answer_complete(text: str, max_sentences: int) -> bool:
 
 
 def shown_pieces(answer: str) -> list[str]:
-    """The answer cut after each sentence's end (its [n] markers stay with it), whitespace kept, so the
-    pieces concatenate back to exactly `answer`."""
-    return [p for p in re.split(r"(?<=[.!?。！？])(?=\s)", answer) if p]
+    """The answer cut after each sentence's end (its [n] markers stay with it), never inside a quotation
+    (“…”), whitespace kept, so the pieces concatenate back to exactly `answer`."""
+    pieces: list[str] = []
+    for part in re.split(r"(?<=[.!?。！？])(?=\s)", answer):
+        if pieces and pieces[-1].count("“") > pieces[-1].count("”"):  # still inside a quotation
+            pieces[-1] += part
+        elif part:
+            pieces.append(part)
+    return pieces
 
 
 def _citation(n: int, hit: Hit) -> dict[str, Any]:

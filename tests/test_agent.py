@@ -49,7 +49,17 @@ def test_ask_gives_a_cited_answer_and_records_it(agent):
     assert answer.route == "question"
     assert tokens, "tokens were streamed"
     # What a surface streams to users is the checked answer itself, in pieces: nothing to retract.
-    assert len(shown) > 1 and "".join(shown) == answer.answer
+    assert shown and "".join(shown) == answer.answer
+
+
+def test_shown_pieces_are_sentences_never_cut_inside_a_quotation():
+    from agent.graph import shown_pieces
+
+    answer = "The documents say: “Canary. 5% of traffic for 30 minutes.” [1] Then promote [2]. Done!"
+    assert shown_pieces(answer) == ["The documents say: “Canary. 5% of traffic for 30 minutes.” [1] Then promote [2].",
+                                    " Done!"]
+    for text in (answer, "One [1].  Two [2].\n\nThree?", "没有句号。第二句。"):
+        assert "".join(shown_pieces(text)) == text
     assert answer.grounded and answer.citations
     assert answer.citations[0]["source"] == item["source"]
     assert "[1]" in answer.answer or "[2]" in answer.answer
