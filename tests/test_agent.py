@@ -50,6 +50,13 @@ def test_ask_gives_a_cited_answer_and_records_it(agent):
     assert tokens, "tokens were streamed"
     # What a surface streams to users is the checked answer itself, in pieces: nothing to retract.
     assert shown and "".join(shown) == answer.answer
+    assert answer.grounded and answer.citations
+    assert answer.citations[0]["source"] == item["source"]
+    assert "[1]" in answer.answer or "[2]" in answer.answer
+    row = agent.store.interaction(answer.interaction_id)
+    assert row["question"] == item["question"] and row["citations"]
+    assert {"retrieve_ms", "generate_ms", "first_token_ms", "total_ms"} <= set(row["timings"])
+    assert row["model"] and row["prompt"]
 
 
 def test_shown_pieces_are_sentences_never_cut_inside_a_quotation():
@@ -60,13 +67,6 @@ def test_shown_pieces_are_sentences_never_cut_inside_a_quotation():
                                     " Done!"]
     for text in (answer, "One [1].  Two [2].\n\nThree?", "没有句号。第二句。"):
         assert "".join(shown_pieces(text)) == text
-    assert answer.grounded and answer.citations
-    assert answer.citations[0]["source"] == item["source"]
-    assert "[1]" in answer.answer or "[2]" in answer.answer
-    row = agent.store.interaction(answer.interaction_id)
-    assert row["question"] == item["question"] and row["citations"]
-    assert {"retrieve_ms", "generate_ms", "first_token_ms", "total_ms"} <= set(row["timings"])
-    assert row["model"] and row["prompt"]
 
 
 def test_unanswerable_question_says_so_with_closest_sources(agent):
