@@ -29,6 +29,10 @@ Why the settings differ from trl's defaults (all measured on a 2-core CPU withou
   * the LM head runs on completion positions only (`completion_logits_trainer`): the prompt's
     logits are discarded by the completion-only loss anyway, and the 49k-word head is the biggest
     matmul of a 135M model;
+  * the frozen lower layers' outputs are cached per example on the first epoch and reused after
+    (training/prefix_cache.py): with LoRA on the top half only, no gradient reaches them and their
+    output for a fixed example never changes, so epochs 2 and 3 run only the adapted layers — the
+    same loss and gradients (`activation_cache_mb`, 0 = off);
   * torch threads = cores, dataloader workers 0 (worker processes only steal the cores);
   * learning rate 2e-4, the usual LoRA rate (trl's 2e-5 is for full fine-tuning).
 On CUDA the recipe runs in bf16. QLoRA (a 4-bit nf4 base via bitsandbytes) only when `quantize` says so
@@ -91,6 +95,7 @@ class RunConfig:
     seed: int = 42
     dpo_beta: float = 0.1  # DPO's and KTO's β: how far the policy may move from its reference
     sft_weight: float = 1.0  # DPO: weight of the SFT (NLL on chosen) term, the old `rpo_alpha`
+    activation_cache_mb: int = 2048  # SFT on CPU: frozen lower layers' outputs kept across epochs (0 = off)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form provenance (run id, data counts)
 
     @classmethod
@@ -335,7 +340,11 @@ def completion_logits_trainer(base: type) -> type:
             if positions.numel() == 0:
                 positions = torch.zeros(1, dtype=torch.long, device=labels.device)
             forward = {k: v for k, v in inputs.items() if k != "labels"}
-            outputs = model(**forward, use_cache=False, logits_to_keep=positions)
+            cache = getattr(self, "prefix_cache", None)  # training/prefix_cache.py: skip the frozen layers
+            if cache is not None:
+                outputs = cache.forward(model, forward, use_cache=False, logits_to_keep=positions)
+            else:
+                outputs = model(**forward, use_cache=False, logits_to_keep=positions)
             logits = outputs.logits.float()
             picked = targets[:, positions]
             total = F.cross_entropy(logits.reshape(-1, logits.size(-1)), picked.reshape(-1),
@@ -388,6 +397,10 @@ def build_trainer(cfg: RunConfig) -> tuple[Any, Any, dict[str, Any]]:
     trainer = completion_logits_trainer(SFTTrainer)(
         model=model, args=args, train_dataset=train, eval_dataset=heldout, processing_class=tokenizer,
         peft_config=peft_config, callbacks=[callback])
+    if not cuda:  # every epoch after the first skips the frozen lower layers (exact; see the module)
+        from training.prefix_cache import PrefixCache
+
+        trainer.prefix_cache = PrefixCache.for_model(trainer.model, cfg.activation_cache_mb << 20)
     info = {"train_examples": len(train), "eval_examples": len(heldout) if heldout is not None else 0,
             "quantized": quantized, "device": "cuda" if cuda else "cpu"}
     return trainer, callback, info
