@@ -22,7 +22,7 @@ from slack_sdk import WebClient
 from slack_sdk.signature import SignatureVerifier
 from typer.testing import CliRunner
 
-from agent.graph import Agent
+from agent.graph import Agent, shown_pieces
 from bot.answering import (
     EMPTY,
     MARKDOWN_CHARS,
@@ -158,8 +158,9 @@ def test_mention_is_streamed_natively_and_the_visible_text_only_grows(fake: Fake
     start = fake.calls("chat.startStream")[0]["params"]
     assert (start["recipient_user_id"], start["recipient_team_id"]) == ("U1", "T0001")  # needed in channels
     texts = assert_only_grew(answer)
-    assert len(texts) >= 3, texts  # several checked pieces, each appended as it came
     interaction = bot.store.interaction_by_message("C0001", answer["ts"])
+    # Each checked piece was sent as it came (startStream, then one appendStream each), then stopStream.
+    assert len(texts) == len(shown_pieces(interaction["answer"])) + 1, texts
     assert interaction and interaction["surface"] == "slack" and interaction["user_id"] == "U1"
     assert answer["text"] == interaction["answer"]  # what was streamed is exactly what is stored
     assert interaction["question"] == QUESTION  # the mention was stripped
@@ -226,6 +227,17 @@ def test_follow_up_in_thread_uses_the_thread_memory(fake: FakeSlack, bot: Flywhe
     row = bot.store.interaction_by_message("C0001", second["ts"])
     assert row["question"] == "and how long does it take?"
     assert QUESTION in row["condensed_question"]  # "it" is the thread's previous topic
+
+
+def test_a_follow_up_on_a_new_topic_cites_that_topic(fake: FakeSlack, bot: FlywheelBot) -> None:
+    thread, _ = ask(fake, "How do I roll back a deploy?")
+    fake.mention("U1", "C0001", "<@UBOT> and the canary?", thread_ts=thread)
+    fake.wait_for(lambda: len([m for m in replies(fake, "C0001", thread) if finished(m)]) == 2, timeout=60)
+    second = [m for m in replies(fake, "C0001", thread) if finished(m)][1]
+    row = bot.store.interaction_by_message("C0001", second["ts"])
+    assert row["condensed_question"] == "and the canary?"
+    headings = [c["heading"] for c in row["citations"]]
+    assert headings and all(h.endswith("How a production deploy progresses") for h in headings), headings
 
 
 def test_agent_failure_is_reported_in_the_thread(fake: FakeSlack, make_bot: Callable[..., FlywheelBot],
