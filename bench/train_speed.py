@@ -1,6 +1,6 @@
 """Training throughput: `flywheel train`'s SFT recipe vs trl `SFTTrainer` set up by a competent CPU user, one run.
 
-    python bench/train_speed.py [--examples 32] [--epochs 3] [--warmup 2] [--data sft_train.jsonl] [--home DIR]
+    python bench/train_speed.py [--examples 28] [--epochs 3] [--warmup 1] [--data sft_train.jsonl] [--home DIR]
 
 Three trainers, each in its own fresh process (no shared warm caches or thread pools), one after the
 other on the same rows, the same model (the default SmolLM2-135M-Instruct, converted once into
@@ -188,15 +188,16 @@ def child(which: str, home: Path, dataset_dir: Path, out: Path, max_steps: int, 
               "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
               "batch_size": cfg.batch_size, "max_len": cfg.max_seq_len,
               "final_loss": trainer.state.log_history[-2].get("loss") if len(trainer.state.log_history) > 1 else None,
+              "prefix_cache": cache.stats() if (cache := getattr(trainer, "prefix_cache", None)) else None,
               **clock.metrics(warmup)}
     print("RESULT " + json.dumps(result), flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--examples", type=int, default=32)
+    parser.add_argument("--examples", type=int, default=28)
     parser.add_argument("--epochs", type=float, default=3, help="passes over the rows (flywheel train's default: 3)")
-    parser.add_argument("--warmup", type=int, default=2, help="optimizer steps not timed (at least 1)")
+    parser.add_argument("--warmup", type=int, default=1, help="optimizer steps not timed (at least 1)")
     parser.add_argument("--min-steps", type=int, default=20, help=argparse.SUPPRESS)  # smoke tests only
     parser.add_argument("--data", type=Path, help="sft_train.jsonl (default: built from the sample handbook)")
     parser.add_argument("--home", type=Path, help="FLYWHEEL_HOME holding the converted model")
@@ -230,7 +231,11 @@ def main() -> None:
         raise SystemExit(f"{max_steps} steps leave fewer than {args.min_steps} after {args.warmup} warm-up steps: "
                          "raise --examples or --epochs")
     results: dict[str, dict[str, Any]] = {}
-    env = {**os.environ, "FLYWHEEL_HOME": str(settings.home)}
+    load_start = round(os.getloadavg()[0], 2)
+    # `flywheel train` runs with OMP_WAIT_POLICY=PASSIVE (training.sft.passive_openmp); every trainer here
+    # gets the same OpenMP setting, so the ratios measure the recipes, not a thread setting.
+    env = {**os.environ, "FLYWHEEL_HOME": str(settings.home),
+           "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     for which in args.only or VARIANTS:
         command = [sys.executable, __file__, "--child", which, "--dataset-dir", str(dataset_dir),
                    "--out", str(work / which), "--max-steps", str(max_steps), "--warmup", str(args.warmup),
@@ -242,26 +247,26 @@ def main() -> None:
         lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
         if done.returncode != 0 or not lines:
             raise SystemExit(f"{which} run failed ({done.returncode}):\n{done.stderr[-3000:]}")
-        results[which] = json.loads(lines[-1][len("RESULT "):])
-        r = results[which]
+        results[which] = r = {**json.loads(lines[-1][len("RESULT "):]), "load_1m_end": round(os.getloadavg()[0], 2)}
         print(f"{which}: {r['tokens_per_s']} tokens/s, {r['s_per_step']} s/step, load {os.getloadavg()[0]:.2f}",
               file=sys.stderr, flush=True)
     summary: dict[str, Any] = {"examples": len(rows), "epochs": args.epochs, "max_steps": max_steps,
                                "warmup_steps": args.warmup, "model": model_dir,
                                "data": str(args.data) if args.data else "sample handbook",
-                               "load_1m_start_end": None, "variants": results}
+                               "omp_wait_policy": env["OMP_WAIT_POLICY"],
+                               "load_1m_start": load_start, "variants": results}
     for other in ("trl", "trl-all"):
         if "ours" in results and other in results:
             summary[f"ours_over_{other.replace('-', '_')}"] = round(
                 results["ours"]["tokens_per_s"] / results[other]["tokens_per_s"], 2)
-    print(f"\n{'trainer':<9} {'LoRA layers':>11} {'steps':>5} {'tokens':>7} {'tokens/s':>9} {'s/step':>7}")
+    print(f"\n{'trainer':<9} {'LoRA layers':>11} {'steps':>5} {'tokens':>7} {'tokens/s':>9} {'s/step':>7} {'load':>5}")
     for which, r in results.items():
         layers = f"{r['lora_layers'][0]}-{r['lora_layers'][1]}"
-        print(f"{which:<9} {layers:>11} {r['steps']:>5} {r['tokens']:>7} {r['tokens_per_s']:>9} {r['s_per_step']:>7}")
+        print(f"{which:<9} {layers:>11} {r['steps']:>5} {r['tokens']:>7} {r['tokens_per_s']:>9} {r['s_per_step']:>7} "
+              f"{r['load_1m_end']:>5}")
     for key in ("ours_over_trl", "ours_over_trl_all"):
         if key in summary:
             print(f"{key}: {summary[key]}×")
-    summary.pop("load_1m_start_end")
     print(json.dumps(summary, indent=2))
     record("train_speed", summary, args.report)  # the parent only: the --child runs print RESULT lines
 
