@@ -17,13 +17,18 @@ for _name in list(os.environ):
 # Settings also read `$FLYWHEEL_HOME/config.toml` (default ~/.flywheel): point it at an empty dir.
 os.environ["FLYWHEEL_HOME"] = tempfile.mkdtemp(prefix="flywheel-test-home-")
 
-from collections.abc import Iterator  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
 
 import pytest  # noqa: E402
 
 from storage.config import Settings, get_settings  # noqa: E402
 from storage.db import Store  # noqa: E402
+
+if TYPE_CHECKING:
+    from bot.app import FlywheelBot
+    from tests.fakeslack import FakeSlack
 
 get_settings.cache_clear()
 
@@ -75,3 +80,39 @@ def store(settings: Settings) -> Iterator[Store]:
     db = Store(settings.db_path)
     yield db
     db.close()
+
+
+# --- the Slack bot on the fake Slack (tests/fakeslack.py, tests/slackbot.py) ------------------------
+@pytest.fixture
+def no_slack_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No SLACK_* variable during the test (SLACK_CLIENT_ID/SECRET would silently switch Bolt into OAuth
+    mode). The Slack test modules apply it to every test: `pytest.mark.usefixtures("no_slack_env")`."""
+    for name in list(os.environ):
+        if name.startswith("SLACK_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeSlack]:
+    """A running fake Slack whose bot is UBOT (bot id BBOT)."""
+    from tests.fakeslack import FakeSlack
+
+    with FakeSlack(bot_user_id="UBOT", bot_id="BBOT") as running:
+        yield running
+
+
+@pytest.fixture
+def make_bot(handbook_home: Path, tiny_model_dir: Path, fake: FakeSlack,
+             tmp_path: Path) -> Iterator[Callable[..., FlywheelBot]]:
+    """`make(connect=True, http=False, **settings)`: a bot on a fresh copy of the ingested handbook,
+    connected to `fake` over Socket Mode (tests/slackbot.py's `bot_factory`)."""
+    from tests.slackbot import bot_factory
+
+    with bot_factory(handbook_home, tiny_model_dir, fake, tmp_path) as make:
+        yield make
+
+
+@pytest.fixture
+def bot(make_bot: Callable[..., FlywheelBot]) -> FlywheelBot:
+    """A bot with the default Slack test settings, connected to `fake`."""
+    return make_bot()

@@ -1,6 +1,7 @@
-"""A Flywheel bot on the fake Slack, for the scope, file and hardening tests: the real Bolt app,
+"""A Flywheel bot on the fake Slack, for the Slack tests: the real Bolt app,
 SocketModeHandler and slack_sdk clients, the real Agent (tiny random model) over a copy of the
-ingested sample handbook. Fixtures that use it live in each test module (`bot_factory`)."""
+ingested sample handbook. The fixtures built on it (`fake`, `make_bot`, `bot`, `no_slack_env`) are in
+tests/conftest.py; the helpers here are for the Slack test modules to import."""
 
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ def bot_factory(handbook_home: Path, tiny_model_dir: Path, fake: FakeSlack,
         bot = build_app(settings, Agent(settings), http=http)
         bots.append(bot)
         if connect:
+            # A short ping interval makes the builtin client notice closed sockets quickly.
             bot.run_socket_mode(block=False, ping_interval=0.5)
             fake.wait_for(lambda: fake.connected, timeout=10)
         return bot

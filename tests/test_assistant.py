@@ -7,8 +7,7 @@ model) over the sample handbook.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,37 +19,12 @@ from bot.assistant import GREETING, HELP_PROMPT, MemoryThreadContextStore, threa
 from bot.feedback import FEEDBACK_ACTION
 from bot.files import REFUSED
 from tests.fakeslack import FakeSlack
-from tests.slackbot import ADMIN, bot_factory, bot_replies
+from tests.slackbot import ADMIN, bot_replies
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("no_slack_env")]
 
 QUESTION = "How much traffic does a canary get, and for how long?"
 RUNBOOK = b"# Failover runbook\n\nTo fail over the database, promote the standby with `pg_ctl promote`.\n"
-
-
-@pytest.fixture(autouse=True)
-def _no_slack_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):  # SLACK_CLIENT_ID/SECRET would switch Bolt into OAuth mode
-        if name.startswith("SLACK_"):
-            monkeypatch.delenv(name)
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeSlack]:
-    with FakeSlack(bot_user_id="UBOT", bot_id="BBOT") as running:
-        yield running
-
-
-@pytest.fixture
-def make_bot(handbook_home: Path, tiny_model_dir: Path, fake: FakeSlack,
-             tmp_path: Path) -> Iterator[Callable[..., FlywheelBot]]:
-    with bot_factory(handbook_home, tiny_model_dir, fake, tmp_path) as make:
-        yield make
-
-
-@pytest.fixture
-def bot(make_bot: Callable[..., FlywheelBot]) -> FlywheelBot:
-    return make_bot()
 
 
 def open_thread(fake: FakeSlack, user: str = "U1", context_channel: str | None = "C0001") -> tuple[str, str]:

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,31 +27,11 @@ from bot.hardening import SLOW_DOWN, TOO_LONG, RateLimiter, ingest_path, questio
 from storage.config import Settings, scrubbed_environment
 from storage.db import Store
 from tests.fakeslack import FakeSlack
-from tests.slackbot import ADMIN, bot_factory, bot_replies, response_texts
+from tests.slackbot import ADMIN, bot_replies, response_texts
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("no_slack_env")]
 
 QUESTION = "How much traffic does a canary get, and for how long?"
-
-
-@pytest.fixture(autouse=True)
-def _no_slack_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):  # SLACK_CLIENT_ID/SECRET would switch Bolt into OAuth mode
-        if name.startswith("SLACK_"):
-            monkeypatch.delenv(name)
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeSlack]:
-    with FakeSlack(bot_user_id="UBOT", bot_id="BBOT") as running:
-        yield running
-
-
-@pytest.fixture
-def make_bot(handbook_home: Path, tiny_model_dir: Path, fake: FakeSlack,
-             tmp_path: Path) -> Iterator[Callable[..., FlywheelBot]]:
-    with bot_factory(handbook_home, tiny_model_dir, fake, tmp_path) as make:
-        yield make
 
 
 def interactions(bot: FlywheelBot) -> list[dict[str, Any]]:

@@ -7,8 +7,7 @@ the real Bolt and slack_sdk clients against the fake Slack.
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,34 +18,14 @@ from bot.app import FlywheelBot
 from storage.config import Settings
 from storage.db import Store
 from tests.fakeslack import FakeSlack
-from tests.slackbot import ADMIN, bot_factory, response_texts
+from tests.slackbot import ADMIN, response_texts
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("no_slack_env")]
 
 CANARY = "How much traffic does a canary get, and for how long?"  # answered by deploys.md
 SECRET = "What is the Zephyr launch code word?"
 SECRET_DOC = "zephyr.md"
 ENG_DOC = "pager-rotation.md"
-
-
-@pytest.fixture(autouse=True)
-def _no_slack_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):  # SLACK_CLIENT_ID/SECRET would switch Bolt into OAuth mode
-        if name.startswith("SLACK_"):
-            monkeypatch.delenv(name)
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeSlack]:
-    with FakeSlack(bot_user_id="UBOT", bot_id="BBOT") as running:
-        yield running
-
-
-@pytest.fixture
-def make_bot(handbook_home: Path, tiny_model_dir: Path, fake: FakeSlack,
-             tmp_path: Path) -> Iterator[Callable[..., FlywheelBot]]:
-    with bot_factory(handbook_home, tiny_model_dir, fake, tmp_path) as make:
-        yield make
 
 
 @pytest.fixture

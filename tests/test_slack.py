@@ -7,13 +7,11 @@ Slack in tests/fakeslack.py, answering with the real Agent (tiny random model) o
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import socket
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,7 @@ from slack_sdk import WebClient
 from slack_sdk.signature import SignatureVerifier
 from typer.testing import CliRunner
 
-from agent.graph import Agent, shown_pieces
+from agent.graph import shown_pieces
 from bot.answering import (
     EMPTY,
     MARKDOWN_CHARS,
@@ -34,76 +32,19 @@ from bot.answering import (
     render_answer,
     split_markdown,
 )
-from bot.app import BUSY, ConfigError, FlywheelBot, _verify_identity, build_app
+from bot.app import BUSY, ConfigError, FlywheelBot, _verify_identity
 from bot.commands import WORKING
 from bot.feedback import FEEDBACK_ACTION, TEAM_ANSWERS_FILE, normalize_emoji, team_answers_path
-from storage.config import Settings
 from storage.db import Store
 from tests.fakeslack import FakeSlack
+from tests.slackbot import ADMIN, bot_replies
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("no_slack_env")]
 
 QUESTION = "How much traffic does a canary get, and for how long?"
-ADMIN = "UADMIN"
-
-
-@pytest.fixture(autouse=True)
-def _no_slack_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    # SLACK_CLIENT_ID/SECRET would silently switch Bolt into OAuth mode.
-    for name in list(os.environ):
-        if name.startswith("SLACK_"):
-            monkeypatch.delenv(name)
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeSlack]:
-    with FakeSlack(bot_user_id="UBOT", bot_id="BBOT") as running:
-        yield running
-
-
-def slack_settings(home: Path, model_dir: Path, fake: FakeSlack, **overrides: Any) -> Settings:
-    values: dict[str, Any] = dict(
-        home=home, model=str(model_dir), max_new_tokens=16, stream_interval=0.05, admin_users=ADMIN,
-        slack_api_url=fake.api_url, SLACK_BOT_TOKEN="xoxb-test", SLACK_APP_TOKEN="xapp-test",
-    )
-    values.update(overrides)
-    return Settings(**values)
-
-
-@pytest.fixture
-def make_bot(handbook_home: Path, tiny_model_dir: Path, fake: FakeSlack,
-             tmp_path: Path) -> Iterator[Callable[..., FlywheelBot]]:
-    """Build (and connect over Socket Mode) a bot on a fresh copy of the ingested handbook."""
-    bots: list[FlywheelBot] = []
-
-    def make(connect: bool = True, http: bool = False, **overrides: Any) -> FlywheelBot:
-        home = tmp_path / f"home{len(bots)}"
-        shutil.copytree(handbook_home, home)
-        settings = slack_settings(home, tiny_model_dir, fake, **overrides)
-        bot = build_app(settings, Agent(settings), http=http)
-        bots.append(bot)
-        if connect:
-            # A short ping interval makes the builtin client notice closed sockets quickly.
-            bot.run_socket_mode(block=False, ping_interval=0.5)
-            fake.wait_for(lambda: fake.connected, timeout=10)
-        return bot
-
-    yield make
-    for bot in bots:
-        bot.close()
-        bot.store.close()
-
-
-@pytest.fixture
-def bot(make_bot: Callable[..., FlywheelBot]) -> FlywheelBot:
-    return make_bot()
 
 
 # --- helpers ----------------------------------------------------------------------------------------
-def replies(fake: FakeSlack, channel: str, thread_ts: str) -> list[dict[str, Any]]:
-    return [m for m in fake.messages(channel, thread_ts, include_parent=False) if m["bot_id"]]
-
-
 def finished(message: dict[str, Any]) -> bool:
     """A streamed answer is finished once chat.stopStream ran; a posted one (fallback path) once its
     final edit added the blocks under the answer (sources, feedback buttons); a notice at once."""
@@ -115,7 +56,7 @@ def finished(message: dict[str, Any]) -> bool:
 
 def final_answer(fake: FakeSlack, channel: str, thread_ts: str, timeout: float = 60) -> dict[str, Any]:
     """The bot's finished reply in a thread."""
-    return fake.wait_for(lambda: next(m for m in replies(fake, channel, thread_ts) if finished(m)), timeout=timeout)
+    return fake.wait_for(lambda: next(m for m in bot_replies(fake, channel, thread_ts) if finished(m)), timeout=timeout)
 
 
 def ask(fake: FakeSlack, text: str = QUESTION, channel: str = "C0001", user: str = "U1",
@@ -222,8 +163,8 @@ def test_dm_is_answered_and_buttons_can_be_turned_off(fake: FakeSlack, make_bot:
 def test_follow_up_in_thread_uses_the_thread_memory(fake: FakeSlack, bot: FlywheelBot) -> None:
     thread, _ = ask(fake)
     fake.mention("U1", "C0001", "<@UBOT> and how long does it take?", thread_ts=thread)
-    fake.wait_for(lambda: len([m for m in replies(fake, "C0001", thread) if finished(m)]) == 2, timeout=60)
-    second = [m for m in replies(fake, "C0001", thread) if finished(m)][1]
+    fake.wait_for(lambda: len([m for m in bot_replies(fake, "C0001", thread) if finished(m)]) == 2, timeout=60)
+    second = [m for m in bot_replies(fake, "C0001", thread) if finished(m)][1]
     row = bot.store.interaction_by_message("C0001", second["ts"])
     assert row["question"] == "and how long does it take?"
     assert QUESTION in row["condensed_question"]  # "it" is the thread's previous topic
@@ -232,8 +173,8 @@ def test_follow_up_in_thread_uses_the_thread_memory(fake: FakeSlack, bot: Flywhe
 def test_a_follow_up_on_a_new_topic_cites_that_topic(fake: FakeSlack, bot: FlywheelBot) -> None:
     thread, _ = ask(fake, "How do I roll back a deploy?")
     fake.mention("U1", "C0001", "<@UBOT> and the canary?", thread_ts=thread)
-    fake.wait_for(lambda: len([m for m in replies(fake, "C0001", thread) if finished(m)]) == 2, timeout=60)
-    second = [m for m in replies(fake, "C0001", thread) if finished(m)][1]
+    fake.wait_for(lambda: len([m for m in bot_replies(fake, "C0001", thread) if finished(m)]) == 2, timeout=60)
+    second = [m for m in bot_replies(fake, "C0001", thread) if finished(m)][1]
     row = bot.store.interaction_by_message("C0001", second["ts"])
     assert row["condensed_question"] == "and the canary?"
     headings = [c["heading"] for c in row["citations"]]
@@ -262,7 +203,7 @@ def test_bots_own_messages_edits_and_deletions_are_ignored(fake: FakeSlack, bot:
     answered = [c["params"].get("thread_ts") for c in fake.calls()
                 if c["method"] in ("chat.postMessage", "chat.startStream")]
     assert answered == [original, last]
-    assert len(replies(fake, "D0001", original)) == 1
+    assert len(bot_replies(fake, "D0001", original)) == 1
 
 
 def test_redelivered_event_is_answered_once(fake: FakeSlack, bot: FlywheelBot) -> None:
@@ -273,7 +214,7 @@ def test_redelivered_event_is_answered_once(fake: FakeSlack, bot: FlywheelBot) -
     final_answer(fake, "C0001", thread)
     fake.wait_for(lambda: len(fake.acks()) >= 3)
     time.sleep(1.0)
-    assert len(replies(fake, "C0001", thread)) == 1
+    assert len(bot_replies(fake, "C0001", thread)) == 1
     assert bot.store.scalar("SELECT COUNT(*) FROM slack_events WHERE event_id = ?",
                             (env["payload"]["event_id"],)) == 1
 
@@ -640,7 +581,7 @@ def test_stream_broken_mid_answer_is_completed_by_an_edit(fake: FakeSlack, bot: 
     fake.fail_next("chat.appendStream", status=500, count=5)
     message.show("Second sentence.")
     message.finish(make_answer("First sentence. Second sentence.", interaction_id=None))
-    (reply,) = replies(fake, "C0001", "1700000000.000100")
+    (reply,) = bot_replies(fake, "C0001", "1700000000.000100")
     assert reply["text"].startswith("First sentence.")
     assert reply["blocks"][0] == {"type": "markdown", "text": "First sentence. Second sentence."}
 

@@ -7,8 +7,7 @@ real Bolt and slack_sdk clients against the fake Slack.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,31 +17,17 @@ import yaml
 from bot.app import BUSY, FlywheelBot
 from bot.files import REFUSED, safe_name
 from tests.fakeslack import FakeSlack
-from tests.slackbot import ADMIN, bot_factory, bot_replies
+from tests.slackbot import ADMIN, bot_replies
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("no_slack_env")]
 
 RUNBOOK = b"# Failover runbook\n\nTo fail over the database, promote the standby with `pg_ctl promote` and " \
           b"repoint the service DNS record. The failover drill happens every quarter.\n"
 
 
-@pytest.fixture(autouse=True)
-def _no_slack_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):  # SLACK_CLIENT_ID/SECRET would switch Bolt into OAuth mode
-        if name.startswith("SLACK_"):
-            monkeypatch.delenv(name)
-
-
 @pytest.fixture
-def fake() -> Iterator[FakeSlack]:
-    with FakeSlack(bot_user_id="UBOT", bot_id="BBOT") as running:
-        yield running
-
-
-@pytest.fixture
-def bot(handbook_home: Path, tiny_model_dir: Path, fake: FakeSlack, tmp_path: Path) -> Iterator[FlywheelBot]:
-    with bot_factory(handbook_home, tiny_model_dir, fake, tmp_path) as make:
-        yield make(slack_file_max_mb=1)
+def bot(make_bot: Callable[..., FlywheelBot]) -> FlywheelBot:
+    return make_bot(slack_file_max_mb=1)
 
 
 def final_reply(fake: FakeSlack, channel: str, thread: str, timeout: float = 90) -> str:
