@@ -44,8 +44,9 @@ def same_rows_dataset(tmp_path: Path) -> Path:
 @pytest.fixture
 def nf4_settings(settings: Settings) -> Settings:
     # One thread (the tests share two cores); a high rate so a few steps of a random tiny model show a trend.
+    # LoRA on the top half (the default): the frozen 4-bit layer below feeds training/prefix_cache.py.
     return settings.model_copy(update={"train_threads": 1, "batch_size": 4, "quantize": "nf4",
-                                       "learning_rate": 1e-2, "lora_layers": 1.0})
+                                       "learning_rate": 1e-2})
 
 
 # --- training ---------------------------------------------------------------------------------------
@@ -198,3 +199,14 @@ def test_an_unknown_quantize_in_run_json_fails_in_the_process_before_loading(tin
 
     with pytest.raises(RuntimeError, match="must be one of none, nf4, not 'int4'"):
         load_base(str(tiny_model_dir), "int4")
+
+
+def test_a_cycle_with_an_unsupported_quantize_is_refused_before_it_starts(settings, store, monkeypatch):
+    from training.cycle import run_cycle
+
+    monkeypatch.setattr(quantize_module, "bitsandbytes_version", lambda: None)
+    said: list[str] = []
+    result = run_cycle(settings.model_copy(update={"quantize": "nf4"}), store, on_progress=said.append)
+    assert result.status == "failed" and result.run_id is None and result.stage == "settings"
+    assert "pip install 'flywheel[qlora]'" in result.error and said == [result.summary()]
+    assert store.scalar("SELECT COUNT(*) FROM training_runs") == 0  # nothing ingested, distilled or trained

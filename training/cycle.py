@@ -169,8 +169,15 @@ def run_cycle(
     """Run one cycle now, or return status 'busy' at once if another is running anywhere."""
     from filelock import Timeout
 
-    store = store or Store(settings.db_path)
+    from training.quantize import quantize_problem
+
     say = on_progress or (lambda message: log.info("%s", message))
+    problem = quantize_problem(settings.quantize, settings.backend)
+    if problem:  # e.g. FLYWHEEL_QUANTIZE=nf4 without bitsandbytes: refused before any ingest, distillation or training
+        refused = CycleResult(run_id=None, status="failed", stage="settings", error=problem)
+        say(refused.summary())
+        return refused
+    store = store or Store(settings.db_path)
     lock = cycle_lock(settings)
     try:
         lock.acquire(timeout=0)
