@@ -210,3 +210,11 @@ def test_a_cycle_with_an_unsupported_quantize_is_refused_before_it_starts(settin
     assert result.status == "failed" and result.run_id is None and result.stage == "settings"
     assert "pip install 'flywheel[qlora]'" in result.error and said == [result.summary()]
     assert store.scalar("SELECT COUNT(*) FROM training_runs") == 0  # nothing ingested, distilled or trained
+
+
+def test_the_cycle_budget_measures_a_4bit_recipe_afresh(settings):
+    from training.budget import recipe_key
+
+    float_key = recipe_key(settings)
+    assert "quantize" not in float_key  # keys recorded before the setting existed still match
+    assert recipe_key(settings.model_copy(update={"quantize": "nf4"})) == {**float_key, "quantize": "nf4"}

@@ -61,7 +61,9 @@ def recipe_key(settings: Settings) -> dict[str, Any]:
     return {"model": resolve_model(settings), "lora_r": settings.lora_r, "lora_layers": settings.lora_layers,
             "batch_size": settings.batch_size, "grad_accum": settings.grad_accum, "max_seq_len": settings.max_seq_len,
             "train_threads": settings.train_threads, "context_tokens": settings.context_tokens,
-            "distractors": settings.distractors, "cpus": os.cpu_count()}
+            "distractors": settings.distractors, "cpus": os.cpu_count(),
+            # A 4-bit base steps at its own speed (bench/qlora.py); absent for the float base, as before.
+            **({"quantize": settings.quantize} if settings.quantize != "none" else {})}
 
 
 def examples_per_step(settings: Settings) -> int:
