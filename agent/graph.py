@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any, TypedDict
 
-from agent.grounding import check_draft, choose_quote, names, unknown_names
+from agent.grounding import EmbeddingCache, check_draft, choose_quote, names, unknown_names
 from agent.prompts import CONDENSE_PROMPT, NOT_FOUND, build_messages, passage_label, says_not_found
 from agent.retrieval import Hit, Retriever
 from storage.config import Settings
@@ -173,6 +173,9 @@ class Agent:
         self.store = store or (kb.store if kb else Store(settings.db_path))
         self.kb = kb or KnowledgeBase(settings, self.store)
         self.retriever = Retriever(self.kb)
+        # The check and the quote embed passage sentences with the configured embedder (their thresholds
+        # were tuned on it); the same sentences recur, so their vectors are kept.
+        self.embed = EmbeddingCache(lambda texts: self.kb.embedder.encode(texts))
         self._generator = generator
         self.graph = self._build()
         self._prune_daily()
@@ -271,7 +274,7 @@ class Agent:
         started = time.perf_counter()
         passages = [Hit(**h) for h in state["context"]]
         draft = state["draft"]
-        embed = self.kb.embedder.encode
+        embed = self.embed
         refused = says_not_found(draft)
         checked = check_draft(draft, state["query"], passages, embed) if not refused else None
         # The quote may come from any retrieved hit, not only the ones that fit the prompt: numbering
@@ -301,7 +304,7 @@ class Agent:
         if state.get("unknown"):
             return self._shown(state, started, {"checks": [], "quote_score": None, "unknown": state["unknown"]})
         candidates = [Hit(**h) for h in state.get("hits", [])]
-        quote = choose_quote(state["query"], candidates, self.kb.embedder.encode) if candidates else None
+        quote = choose_quote(state["query"], candidates, self.embed) if candidates else None
         extra = {"checks": [], "quote_score": quote.score if quote else None}
         if quote is None or quote.score < self.settings.min_quote_score + self.settings.refusal_margin:
             return self._shown(state, started, extra)

@@ -68,6 +68,41 @@ MIN_NOVEL_TERMS = 2  # a sentence must add at least this many terms to the quest
 MIN_SUPPORTED_SHARE = 0.5  # of the judged sentences, for the draft to be shown at all
 
 
+class EmbeddingCache:
+    """An `Embed` that remembers the vectors of the last `max_items` texts (LRU; ~1.5 KB each for MiniLM).
+
+    One answer embeds the same passage sentences twice (the draft's check and the quote's choice) and
+    popular chunks come back answer after answer; documents don't change between answers, so their
+    sentences need embedding once. Thread-safe: Slack workers share one agent."""
+
+    def __init__(self, embed: Embed, max_items: int = 20_000):
+        import threading
+        from collections import OrderedDict
+
+        self.embed, self.max_items = embed, max_items
+        self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        with self._lock:
+            missing = [t for t in dict.fromkeys(texts) if t not in self._vectors]
+        fresh = self.embed(missing) if missing else None  # outside the lock: the model has its own
+        with self._lock:
+            for text, vector in zip(missing, fresh if fresh is not None else []):
+                self._vectors[text] = vector
+            rows = []
+            for text in texts:
+                vector = self._vectors.get(text)
+                if vector is None:  # evicted by another thread between the two locks: embed it again
+                    vector = self.embed([text])[0]
+                self._vectors[text] = vector
+                self._vectors.move_to_end(text)
+                rows.append(vector)
+            while len(self._vectors) > self.max_items:
+                self._vectors.popitem(last=False)
+        return np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
+
+
 def content_tokens(text: str) -> set[str]:
     """Analyzed content terms (storage.text.terms), the unit every overlap in the project counts."""
     return terms(text)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from agent.grounding import check_draft, choose_quote, is_navigation, named_rows, names, unknown_names
+from agent.grounding import EmbeddingCache, check_draft, choose_quote, is_navigation, named_rows, names, unknown_names
 from storage.text import split_sentences, terms
 
 
@@ -220,3 +220,19 @@ def test_a_page_describing_itself_is_never_quoted(embed):
                   heading="Deploying to Production")]
     quote = choose_quote("How do I roll back a deploy?", passages, embed)
     assert quote is not None and "This page covers" not in quote.answer and "shipit rollback" in quote.answer
+
+
+def test_embedding_cache_embeds_each_text_once_and_stays_bounded(embed):
+    calls: list[list[str]] = []
+
+    def counting(texts: list[str]):
+        calls.append(list(texts))
+        return embed(texts)
+
+    cache = EmbeddingCache(counting, max_items=3)
+    first = cache(["canary traffic", "rollback", "canary traffic"])
+    assert calls == [["canary traffic", "rollback"]]  # duplicates embedded once, in one batch
+    again = cache(["rollback", "canary traffic"])
+    assert len(calls) == 1 and (again == first[[1, 0]]).all()  # served from memory, same vectors
+    cache(["a", "b", "c"])
+    assert len(cache._vectors) == 3 and "rollback" not in cache._vectors  # least recently used went first
