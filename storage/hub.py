@@ -11,9 +11,14 @@ def hf_offline() -> bool:
 
 
 def quiet_libraries() -> None:
-    """Weight-loading and GGUF-conversion progress bars, and over-length tokenizer warnings (we count
-    tokens of long blocks on purpose), are noise in a CLI and in the bot's logs."""
+    """Weight-loading and GGUF-conversion progress bars, over-length tokenizer warnings (we count tokens of
+    long blocks on purpose) and bitsandbytes' missing-kernels notice are noise in a CLI and the bot's logs."""
+    import logging
+
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    # With the qlora extra installed, peft imports bitsandbytes, whose CPU backend warns on every import
+    # that its optional Hub-downloaded kernels are missing (they can't be fetched offline anyway).
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
