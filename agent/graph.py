@@ -470,6 +470,9 @@ def answer_complete(text: str, max_sentences: int) -> bool:
     line announces a list, so that paragraph isn't finished."""
     if max_sentences <= 0:
         return False
+    if len(_FENCE_LINE.findall(text)) % 2:  # inside a code block: never cut code off
+        return False
+    text = _FENCED.sub("[code]. ", text)  # a whole code block counts as one sentence
     head, blank, _ = text.partition("\n\n")
     if blank and re.search(r"[.!?](\s*\[\d+\])*\s*$", head) and len(head) > 20:
         return True
@@ -477,12 +480,18 @@ def answer_complete(text: str, max_sentences: int) -> bool:
     return len(finished) >= max_sentences
 
 
+_FENCE_LINE = re.compile(r"^[ \t]*(?:`{3,}|~{3,})", re.M)
+_FENCED = re.compile(r"^[ \t]*(`{3,}|~{3,})[^\n]*\n.*?^[ \t]*\1[ \t]*$", re.M | re.S)
+
+
 def shown_pieces(answer: str) -> list[str]:
     """The answer cut after each sentence's end (its [n] markers stay with it), never inside a quotation
-    (“…”), whitespace kept, so the pieces concatenate back to exactly `answer`."""
+    (“…”) or a code block, whitespace kept, so the pieces concatenate back to exactly `answer`."""
     pieces: list[str] = []
     for part in re.split(r"(?<=[.!?。！？])(?=\s)", answer):
-        if pieces and pieces[-1].count("“") > pieces[-1].count("”"):  # still inside a quotation
+        inside = pieces and (pieces[-1].count("“") > pieces[-1].count("”")
+                             or len(_FENCE_LINE.findall("".join(pieces))) % 2)  # a quotation or code block
+        if inside:
             pieces[-1] += part
         elif part:
             pieces.append(part)

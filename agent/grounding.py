@@ -235,16 +235,27 @@ def check_draft(draft: str, question: str, passages: Sequence[Passage], embed: E
     cited. Without `embed` only lexical support counts (stricter: paraphrases are dropped)."""
     if not draft.strip() or not passages:
         return Attribution(answer="")
+    units = draft_units(draft)
     parts = [(s, [int(m) for m in _MARKER.findall(s) if 1 <= int(m) <= len(passages)], strip_markers(s))
-             for s in sentences(draft)]
+             for s, _, code in units if not code]
+    lines = [line for s, line, code in units if not code and strip_markers(s)]
     parts = [p for p in parts if p[2]]
     similarity = _Similarity(embed, passages)
     semantic = similarity.against([bare for _, _, bare in parts])
     asked = terms(question)
     texts = [_passage_text(p) for p in passages]
     headings = [terms(p.heading or "") | terms(p.source.rsplit(".", 1)[0]) for p in passages]
-    kept, cited, checks = [], [], []
+    kept: list[tuple[int, str]] = []  # (draft line, text): where it sat decides how the kept parts join
+    cited, checks = [], []
     seen: list[set[str]] = []
+    for block, line, code in units:
+        if code:  # a fenced block is one unit, judged whole and shown byte for byte, never marked inside
+            j = _code_source(block, texts)
+            checks.append(SentenceCheck(block, j, 1.0 if j else 0.0, 0.0, j is not None,
+                                        "supported" if j else "unsupported"))
+            if j is not None:
+                kept.append((line, block))
+                cited.append(j) if j not in cited else None
     for i, (_, markers, bare) in enumerate(parts):
         novel = terms(bare) - asked
         if not terms(bare) or terms(bare) in seen:  # nothing to check, or a loop repeating a sentence
@@ -279,7 +290,7 @@ def check_draft(draft: str, question: str, passages: Sequence[Passage], embed: E
         checks.append(SentenceCheck(bare, j + 1, round(lexical, 3), round(float(semantic[i, j]), 3), ok,
                                     "supported" if ok else "unsupported"))
         if ok:
-            kept.append(_with_markers(bare, [j + 1]))
+            kept.append((lines[i], _with_markers(bare, [j + 1])))
             if j + 1 not in cited:
                 cited.append(j + 1)
     judged = [c for c in checks if c.reason not in ("empty", "short", "navigation")]
@@ -287,8 +298,54 @@ def check_draft(draft: str, question: str, passages: Sequence[Passage], embed: E
     # A draft mostly made of unsupported claims isn't trusted even where it happens to match a passage:
     # its supported sentence is usually an incidental copy, not the answer.
     trusted = bool(kept) and share >= MIN_SUPPORTED_SHARE
-    return Attribution(answer=" ".join(kept) if trusted else "", cited=cited if trusted else [],
+    return Attribution(answer=_assemble(kept, draft) if trusted else "", cited=cited if trusted else [],
                        support=round(share, 3), supported=trusted, checks=checks)
+
+
+_FENCE = re.compile(r"^[ \t]*(`{3,}|~{3,})[^\n]*\n.*?^[ \t]*\1[ \t]*$", re.M | re.S)
+
+
+def draft_units(draft: str) -> list[tuple[str, int, bool]]:
+    """(text, line it starts on, is code) in draft order: each fenced code block whole (its fences
+    included, byte for byte), every other line's sentences (`sentences`)."""
+    units: list[tuple[str, int, bool]] = []
+    at = 0
+    for fence in [*_FENCE.finditer(draft), None]:
+        prose = draft[at : fence.start() if fence else len(draft)]
+        first = draft.count("\n", 0, at)
+        for offset, line in enumerate(prose.split("\n")):
+            units.extend((sentence, first + offset, False) for sentence in sentences(line))
+        if fence:
+            units.append((fence.group(0).strip("\n"), draft.count("\n", 0, fence.start()), True))
+            at = fence.end()
+    return units
+
+
+def _code_source(block: str, texts: list[str]) -> int | None:
+    """1-based passage holding the code block's lines (whitespace aside), or None: code is copied, not
+    paraphrased, so every non-empty line of it must be found in one passage."""
+    body = [" ".join(line.split()) for line in block.split("\n")[1:-1] if line.strip()]
+    if not body:
+        return None
+    for j, text in enumerate(texts):
+        flat = " ".join(text.split())
+        if all(line in flat for line in body):
+            return j + 1
+    return None
+
+
+def _assemble(kept: list[tuple[int, str]], draft: str) -> str:
+    """The kept parts in draft order: sentences of one line joined by a space, lines by a line break,
+    a code block or a paragraph break (a blank line between) by a blank line."""
+    rows = draft.split("\n")
+    ordered = sorted(kept, key=lambda k: k[0])  # stable: sentences of one line keep their order
+    out = ordered[0][1] if ordered else ""
+    for (before_line, before), (line, text) in zip(ordered, ordered[1:]):
+        between = rows[before_line + before.count("\n") + 1 : line]
+        code = _FENCE.match(text) or _FENCE.match(before)
+        out += " " if line == before_line else "\n\n" if code or any(not r.strip() for r in between) else "\n"
+        out += text
+    return out
 
 
 def attribute_citations(draft: str, passages: Sequence[Passage], question: str = "",

@@ -17,6 +17,13 @@ def test_generation_stops_at_a_finished_paragraph_but_not_before_a_list():
     assert not answer_complete("To roll back a service, follow these steps:\n\n1. Announce", 4)
 
 
+def test_generation_never_stops_inside_a_code_block():
+    code = "Run this:\n```bash\nshipit drain api\nshipit rollback api\nshipit status api\nshipit lock api\n"
+    assert not answer_complete(code, 2)  # four finished "lines", but the block is still open
+    assert not answer_complete(code + "```\n", 2)  # the block is one sentence: two are needed
+    assert answer_complete(code + "```\nThen announce it. And", 2)
+
+
 def _pair(i: int, doc: str, section: str) -> dict:
     return {"id": f"p{i:03d}", "document_id": doc, "section": section, "created_at": f"2026-01-01T00:00:{i:02d}"}
 

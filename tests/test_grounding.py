@@ -236,3 +236,24 @@ def test_embedding_cache_embeds_each_text_once_and_stays_bounded(embed):
     assert len(calls) == 1 and (again == first[[1, 0]]).all()  # served from memory, same vectors
     cache(["a", "b", "c"])
     assert len(cache._vectors) == 3 and "rollback" not in cache._vectors  # least recently used went first
+
+
+def test_code_blocks_are_judged_whole_and_kept_byte_for_byte(embed):
+    passage = P("Drain traffic first, then run the rollback:\n```bash\n# drain traffic first\n"
+                "shipit drain api --to 0\nshipit rollback api --to v41\n```", heading="Rollback")
+    code = "```bash\n# drain traffic first\nshipit drain api --to 0\nshipit rollback api --to v41\n```"
+    invented = "```bash\nshipit nuke api --force\n```"
+    draft = f"Drain traffic first, then run the rollback [1]:\n\n{code}\n\nOr skip draining entirely:\n\n{invented}"
+    checked = check_draft(draft, "How do I roll back the api?", [passage], embed)
+    assert checked.supported and code in checked.answer  # whole, no [n] inside, lines not joined
+    assert "nuke" not in checked.answer  # a block the passage doesn't hold is dropped like a sentence
+    assert checked.answer.startswith("Drain traffic first, then run the rollback [1]:\n\n```bash")
+
+
+def test_kept_lines_keep_their_line_breaks(embed):
+    passage = P("Announce the rollback in #plat-releases. Run shipit history to find the last good release. "
+                "Run shipit rollback with that release.", heading="Rollback")
+    draft = ("Announce the rollback in #plat-releases [1].\n"
+             "Run shipit history to find the last good release [1].\n"
+             "Run shipit rollback with that release [1].")
+    assert check_draft(draft, "How do I roll back?", [passage], embed).answer == draft

@@ -7,11 +7,12 @@ Slack in tests/fakeslack.py, answering with the real Agent (tiny random model) o
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -546,6 +547,47 @@ def test_code_answer_streams_byte_for_byte_end_to_end(fake: FakeSlack, bot: Flyw
         "chunks") or []) for c in fake.calls() if c["method"].startswith("chat.") and "Stream" in c["method"])
     assert sent == CODE_ANSWER  # every byte went over the wire as written, once
     assert feedback_buttons(answer)
+
+
+RUNBOOK = (
+    "# Node maintenance\n\n## Draining a node\n\n"
+    "Drain the node first, then roll back the release. Run this:\n\n"
+    "```bash\n# drain traffic first\nkubectl drain node-7 --ignore-daemonsets && echo '<done> & \"ok\"'\n```\n\n"
+    "Config is merged like this:\n\n"
+    "```python\nconfig = merge(**defaults, **overrides)  # __init__ stays *as is*\n```\n"
+)
+BASH_BLOCK = "```bash\n# drain traffic first\nkubectl drain node-7 --ignore-daemonsets && echo '<done> & \"ok\"'\n```"
+PYTHON_BLOCK = "```python\nconfig = merge(**defaults, **overrides)  # __init__ stays *as is*\n```"
+
+
+class ScriptedModel:
+    """The language model's stand-in (the tiny random model writes no code): streams a fixed draft."""
+
+    name, adapter = "scripted-lm", None
+
+    def __init__(self, draft: str) -> None:
+        self.draft = draft
+
+    def stream(self, messages: list[dict[str, str]], max_new_tokens: int | None = None) -> Iterator[str]:
+        yield from re.findall(r"\S+\s*|\s+", self.draft)
+
+
+def test_a_code_answer_passes_the_real_check_and_streams_byte_for_byte(fake: FakeSlack, bot: FlywheelBot,
+                                                                      tmp_path: Path) -> None:
+    folder = tmp_path / "runbooks"
+    folder.mkdir()
+    (folder / "nodes.md").write_text(RUNBOOK)
+    bot.agent.kb.ingest([folder])
+    draft = (f"Drain the node first, then roll back the release [1]. Run this:\n\n{BASH_BLOCK}\n\n"
+             f"Config is merged like this [1]:\n\n{PYTHON_BLOCK}\n")
+    bot.agent._generator = ScriptedModel(draft)
+    _, answer = ask(fake, "How do I drain node-7 before a rollback?")
+    row = bot.store.interaction_by_message("C0001", answer["ts"])
+    assert row["produced_by"] == "model" and row["draft"] == draft.strip()  # the checked text is the model's
+    for block_text in (BASH_BLOCK, PYTHON_BLOCK):  # kept whole: no marker inside, no line joined
+        assert block_text in row["answer"], row["answer"]
+    assert answer["text"] == row["answer"]  # streamed as checked, byte for byte
+    assert_only_grew(answer)
 
 
 def test_rejected_streaming_falls_back_to_post_and_update_and_is_remembered(
