@@ -27,7 +27,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -36,39 +35,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from report import add_report_argument, record  # noqa: E402  (bench/ is sys.path[0] when run as a script)
+from train_speed import write_dataset  # noqa: E402  (the same SFT rows as the training-speed bench)
 
 VARIANTS = ("none", "nf4")
-
-
-def build_examples(n: int) -> list[dict[str, Any]]:
-    """`n` prompt-completion rows from the sample handbook: a question, its own passage and two others,
-    the cited answer (the shape of training/dataset.py's SFT rows)."""
-    from dataclasses import dataclass
-
-    from agent.prompts import build_messages
-    from storage.samples import sample_handbook, sample_questions
-    from training.dataset import with_marker
-
-    @dataclass
-    class Passage:
-        source: str
-        page: int | None
-        heading: str | None
-        text: str
-
-    paragraphs = [Passage(path.name, None, None, block.strip())
-                  for path in sorted(Path(sample_handbook()).glob("*.md"))
-                  for block in path.read_text().split("\n\n") if len(block.split()) >= 20]
-    questions = [q for q in sample_questions() if q.get("answer")]
-    rows = []
-    for i in range(n):
-        item = questions[i % len(questions)]
-        own = [p for p in paragraphs if p.source == item["source"]] or paragraphs
-        passages = [own[i % len(own)], paragraphs[(i * 7) % len(paragraphs)], paragraphs[(i * 13 + 5) % len(paragraphs)]]
-        rows.append({"prompt": build_messages(item["question"], passages),
-                     "completion": [{"role": "assistant", "content": with_marker(item["answer"], 1)}],
-                     "id": f"bench-{i}", "source": "distilled"})
-    return rows
 
 
 def timed_steps(losses: Path, warmup: int) -> dict[str, Any]:
@@ -173,14 +142,7 @@ def main() -> None:
     if "nf4" in variants and (problem := quantize_problem("nf4", settings.backend)):
         raise SystemExit(problem)
     model_dir = str(default_model_dir(settings))  # converts once, before any timing
-    work = Path(tempfile.mkdtemp(prefix="flywheel-qlora-"))
-    dataset_dir = work / "dataset"
-    dataset_dir.mkdir()
-    if args.data:
-        rows = [json.loads(line) for line in args.data.read_text().splitlines() if line.strip()][: args.examples]
-    else:
-        rows = build_examples(args.examples)
-    (dataset_dir / "sft_train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    work, dataset_dir, rows = write_dataset(args.data, args.examples, "flywheel-qlora-")
     results: dict[str, dict[str, Any]] = {}
     for quantize in variants:
         print(f"quantize={quantize}: training {args.steps} steps …", file=sys.stderr, flush=True)

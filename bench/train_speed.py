@@ -87,6 +87,20 @@ def build_examples(n: int) -> list[dict]:
     return rows
 
 
+def write_dataset(data: Path | None, examples: int, prefix: str) -> tuple[Path, Path, list[dict]]:
+    """(work dir, dataset dir holding sft_train.jsonl, rows): the first `examples` rows of `data` (an SFT
+    JSONL file), or `build_examples(examples)`; shared by the training benches."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    dataset_dir = work / "dataset"
+    dataset_dir.mkdir()
+    if data:
+        rows = [json.loads(line) for line in data.read_text().splitlines() if line.strip()][:examples]
+    else:
+        rows = build_examples(examples)
+    (dataset_dir / "sft_train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return work, dataset_dir, rows
+
+
 class StepClock:
     """Counts the non-padding tokens of every micro-batch a trainer trains on and timestamps the end of
     every optimizer step; `metrics(warmup)` measures the steps after the first `warmup`."""
@@ -224,14 +238,7 @@ def main() -> None:
     from agent.models import default_model_dir
 
     model_dir = str(default_model_dir(settings))  # converts once, before any timing
-    work = Path(tempfile.mkdtemp(prefix="flywheel-train-speed-"))
-    dataset_dir = work / "dataset"
-    dataset_dir.mkdir()
-    if args.data:
-        rows = [json.loads(line) for line in args.data.read_text().splitlines() if line.strip()][: args.examples]
-    else:
-        rows = build_examples(args.examples)
-    (dataset_dir / "sft_train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    work, dataset_dir, rows = write_dataset(args.data, args.examples, "flywheel-train-speed-")
     max_steps = math.ceil(len(rows) * args.epochs / settings.batch_size)
     if max_steps - max(args.warmup, 1) < args.min_steps:
         raise SystemExit(f"{max_steps} steps leave fewer than {args.min_steps} after {args.warmup} warm-up steps: "
