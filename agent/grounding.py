@@ -43,7 +43,8 @@ STOPWORDS = frozenset(
     any all each every some more most other own same both few nor one use used using""".split()
 )
 _MARKER = re.compile(r"\s*\[(\d{1,2})\]")
-_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+# A figure starts a token: the 3 of "Q3" or "FTS5" is part of a name, not a quantity the passage states.
+_NUMBER = re.compile(r"(?<![^\W\d_])\d+(?:[.,]\d+)*")
 _QUANTITY = re.compile(r"(\d+(?:[.,]\d+)*)\s*(?:-\s*)?([^\W\d_]{2,})")
 _LIST_NUMBER = re.compile(r"^\s*\d{1,2}[.)]\s", re.M)
 # Lines that are navigation, not prose: dot leaders ("Shell Builtins ....... 41"), runs of page numbers
@@ -125,11 +126,22 @@ def _is_table_row(line: str) -> bool:
     return line.count(" | ") >= 1 and len(line.split(" | ")) >= 2 and not line.lstrip().startswith(("-", "*"))
 
 
+# Figures written as words state a fact like digits do ("the third Monday" where the passage says "first").
+# "one" and "second" are left out: mostly a pronoun ("the one that") and a unit ("a second").
+_NUMBER_WORDS = {w: str(n) for n, w in enumerate(
+    "zero _ two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen twenty".split()) if w != "_"}
+_NUMBER_WORDS.update({w: str(n) for n, w in enumerate(
+    "_ first _ third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth".split()) if w != "_"})
+_NUMBER_WORD = re.compile(r"\b(" + "|".join(_NUMBER_WORDS) + r")\b", re.I)
+
+
 def numbers(text: str) -> set[str]:
-    """Numbers as written, without thousands separators: '$2,000' -> '2000', '15th' -> '15'. List item
-    numbers ("2. Find the release") are structure, not figures, and are left out."""
+    """Numbers as written, without thousands separators: '$2,000' -> '2000', '15th' -> '15', 'third' ->
+    '3'. List item numbers ("2. Find the release") are structure, not figures, and are left out."""
     text = _LIST_NUMBER.sub(" ", text)
-    return {n.replace(",", "") for n in _NUMBER.findall(text)}
+    return ({n.replace(",", "") for n in _NUMBER.findall(text)}
+            | {_NUMBER_WORDS[w.lower()] for w in _NUMBER_WORD.findall(text)})
 
 
 def quantities(text: str) -> set[tuple[str, str]]:
@@ -186,7 +198,7 @@ class SentenceCheck:
     lexical: float
     semantic: float
     supported: bool
-    reason: str  # supported | echo | number | unsupported | empty | short | navigation
+    reason: str  # supported | echo | number | unsupported | empty | short | navigation | misquote
 
 
 @dataclass
@@ -265,6 +277,11 @@ def check_draft(draft: str, question: str, passages: Sequence[Passage], embed: E
         if not novel:
             checks.append(SentenceCheck(bare, None, 0.0, 0.0, False, "echo"))
             continue
+        if misquotes(bare, texts):
+            # Quotation marks promise the document's own words: a "quote" with one word changed is an
+            # invention presented as evidence.
+            checks.append(SentenceCheck(bare, None, 0.0, 0.0, False, "misquote"))
+            continue
         if is_navigation(bare) or " > " in bare or any(terms(bare) <= h for h in headings):
             # A heading or breadcrumb ("Deploying to Production > Rollback procedure") names where an
             # answer is; it isn't one, though every word of it is in the passage.
@@ -300,6 +317,20 @@ def check_draft(draft: str, question: str, passages: Sequence[Passage], embed: E
     trusted = bool(kept) and share >= MIN_SUPPORTED_SHARE
     return Attribution(answer=_assemble(kept, draft) if trusted else "", cited=cited if trusted else [],
                        support=round(share, 3), supported=trusted, checks=checks)
+
+
+_QUOTED = re.compile(r"[\"“„«]([^\"“”„«»]{12,})[\"”“»]")
+
+
+def misquotes(sentence: str, texts: Sequence[str]) -> bool:
+    """True when the sentence puts in quotation marks a span of four or more words that no passage
+    contains as written (case and whitespace aside)."""
+    flat = [" ".join(t.split()).lower() for t in texts]
+    for span in _QUOTED.findall(sentence):
+        words = " ".join(span.split()).lower().strip(" .,;:")
+        if len(words.split()) >= 4 and not any(words in t for t in flat):
+            return True
+    return False
 
 
 _FENCE = re.compile(r"^[ \t]*(`{3,}|~{3,})[^\n]*\n.*?^[ \t]*\1[ \t]*$", re.M | re.S)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,7 @@ def main() -> None:
     finally:
         bot.close()
         fake.stop()
+        shutil.rmtree(work, ignore_errors=True)  # a tiny model, a home and an index: ~17 MB per run
 
 
 if __name__ == "__main__":

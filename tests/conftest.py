@@ -3,6 +3,7 @@ developer's own Flywheel/Slack/Anthropic environment is cleared so it cannot lea
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -16,6 +17,7 @@ for _name in list(os.environ):
         del os.environ[_name]
 # Settings also read `$FLYWHEEL_HOME/config.toml` (default ~/.flywheel): point it at an empty dir.
 os.environ["FLYWHEEL_HOME"] = tempfile.mkdtemp(prefix="flywheel-test-home-")
+atexit.register(shutil.rmtree, os.environ["FLYWHEEL_HOME"], ignore_errors=True)  # don't leave one per run
 
 from collections.abc import Callable, Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402

@@ -257,3 +257,22 @@ def test_kept_lines_keep_their_line_breaks(embed):
              "Run shipit history to find the last good release [1].\n"
              "Run shipit rollback with that release [1].")
     assert check_draft(draft, "How do I roll back?", [passage], embed).answer == draft
+
+
+def test_a_figure_written_as_a_word_must_match_too(embed):
+    passage = [P("The Q3 review meeting is held on the first Monday of October in the main hall.", heading="Q3 review")]
+    wrong = check_draft("The Q3 review meeting is held on the third Monday of October [1].", "When is the Q3 review?",
+                        passage, embed)
+    assert not wrong.supported and wrong.checks[0].reason == "number"
+    right = check_draft("The Q3 review meeting is held on the first Monday of October [1].", "When is the Q3 review?",
+                        passage, embed)
+    assert right.supported
+
+
+def test_a_quotation_must_be_the_documents_own_words(embed):
+    passage = [P("Überstunden werden innerhalb von drei Monaten durch Freizeit ausgeglichen.", heading="Überstunden")]
+    misquoted = '"Ueberstunden werden innerhalb von drei Monaten durch Freizeit ausgemacht." [1]'
+    checked = check_draft(misquoted, "Innerhalb welcher Frist werden Überstunden ausgeglichen?", passage, embed)
+    assert not checked.supported and checked.checks[0].reason == "misquote"
+    exact = '"Überstunden werden innerhalb von drei Monaten durch Freizeit ausgeglichen." [1]'
+    assert check_draft(exact, "Innerhalb welcher Frist werden Überstunden ausgeglichen?", passage, embed).supported
