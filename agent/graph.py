@@ -22,7 +22,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any, TypedDict
 
-from agent.grounding import EmbeddingCache, check_draft, choose_quote, names, unknown_names
+from agent.grounding import (FENCE_LINE, FENCED_BLOCK, EmbeddingCache, check_draft, choose_quote, names,
+                             unknown_names)
 from agent.prompts import CONDENSE_PROMPT, NOT_FOUND, build_messages, passage_label, says_not_found
 from agent.retrieval import Hit, Retriever
 from storage.config import Settings
@@ -47,14 +48,10 @@ SMALLTALK = {
         "Ask me in a thread to follow up; react 👍/👎 to teach me.",
     ),
 }
-FOLLOW_UP = re.compile(
-    r"^\s*(and|but|or|so|also|then|what about|how about)\b"
-    r"|\b(it|its|that|this|those|these|they|them|there|he|she|same|the former|the latter)\b",
-    re.I,
-)
+_POINTERS = "it|its|that|this|those|these|they|them|there|he|she|same|the former|the latter"
+FOLLOW_UP = re.compile(rf"^\s*(and|but|or|so|also|then|what about|how about)\b|\b({_POINTERS})\b", re.I)
 # Words that point back at the previous topic: the follow-up means "<that topic>", so it needs its words.
-ANAPHOR = re.compile(r"\b(it|its|that|this|those|these|they|them|their|there|he|she|same|the former|the latter)\b",
-                     re.I)
+ANAPHOR = re.compile(rf"\b({_POINTERS}|their)\b", re.I)
 MEMORY_DAYS = 30  # a thread idle this long is forgotten (its interactions stay in the store)
 MAX_HISTORY_TURNS = 6  # question/answer pairs a thread remembers: a 135M prompt has no room for more
 
@@ -470,9 +467,9 @@ def answer_complete(text: str, max_sentences: int) -> bool:
     line announces a list, so that paragraph isn't finished."""
     if max_sentences <= 0:
         return False
-    if len(_FENCE_LINE.findall(text)) % 2:  # inside a code block: never cut code off
+    if len(FENCE_LINE.findall(text)) % 2:  # inside a code block: never cut code off
         return False
-    text = _FENCED.sub("[code]. ", text)  # a whole code block counts as one sentence
+    text = FENCED_BLOCK.sub("[code]. ", text)  # a whole code block counts as one sentence
     head, blank, _ = text.partition("\n\n")
     if blank and re.search(r"[.!?](\s*\[\d+\])*\s*$", head) and len(head) > 20:
         return True
@@ -480,17 +477,14 @@ def answer_complete(text: str, max_sentences: int) -> bool:
     return len(finished) >= max_sentences
 
 
-_FENCE_LINE = re.compile(r"^[ \t]*(?:`{3,}|~{3,})", re.M)
-_FENCED = re.compile(r"^[ \t]*(`{3,}|~{3,})[^\n]*\n.*?^[ \t]*\1[ \t]*$", re.M | re.S)
-
-
 def shown_pieces(answer: str) -> list[str]:
     """The answer cut after each sentence's end (its [n] markers stay with it), never inside a quotation
     (“…”) or a code block, whitespace kept, so the pieces concatenate back to exactly `answer`."""
     pieces: list[str] = []
     for part in re.split(r"(?<=[.!?。！？])(?=\s)", answer):
-        inside = pieces and (pieces[-1].count("“") > pieces[-1].count("”")
-                             or len(_FENCE_LINE.findall("".join(pieces))) % 2)  # a quotation or code block
+        # A piece never ends inside a quotation or a code block, so only the last one can be open.
+        last = pieces[-1] if pieces else ""
+        inside = last.count("“") > last.count("”") or len(FENCE_LINE.findall(last)) % 2
         if inside:
             pieces[-1] += part
         elif part:

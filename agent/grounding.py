@@ -267,7 +267,8 @@ def check_draft(draft: str, question: str, passages: Sequence[Passage], embed: E
                                         "supported" if j else "unsupported"))
             if j is not None:
                 kept.append((line, block))
-                cited.append(j) if j not in cited else None
+                if j not in cited:
+                    cited.append(j)
     for i, (_, markers, bare) in enumerate(parts):
         novel = terms(bare) - asked
         if not terms(bare) or terms(bare) in seen:  # nothing to check, or a loop repeating a sentence
@@ -325,15 +326,17 @@ _QUOTED = re.compile(r"[\"“„«]([^\"“”„«»]{12,})[\"”“»]")
 def misquotes(sentence: str, texts: Sequence[str]) -> bool:
     """True when the sentence puts in quotation marks a span of four or more words that no passage
     contains as written (case and whitespace aside)."""
-    flat = [" ".join(t.split()).lower() for t in texts]
-    for span in _QUOTED.findall(sentence):
+    spans = _QUOTED.findall(sentence)
+    flat = [" ".join(t.split()).lower() for t in texts] if spans else []  # most sentences quote nothing
+    for span in spans:
         words = " ".join(span.split()).lower().strip(" .,;:")
         if len(words.split()) >= 4 and not any(words in t for t in flat):
             return True
     return False
 
 
-_FENCE = re.compile(r"^[ \t]*(`{3,}|~{3,})[^\n]*\n.*?^[ \t]*\1[ \t]*$", re.M | re.S)
+FENCED_BLOCK = re.compile(r"^[ \t]*(`{3,}|~{3,})[^\n]*\n.*?^[ \t]*\1[ \t]*$", re.M | re.S)  # a whole code block
+FENCE_LINE = re.compile(r"^[ \t]*(?:`{3,}|~{3,})", re.M)  # an opening or closing fence: an odd count = open
 
 
 def draft_units(draft: str) -> list[tuple[str, int, bool]]:
@@ -341,7 +344,7 @@ def draft_units(draft: str) -> list[tuple[str, int, bool]]:
     included, byte for byte), every other line's sentences (`sentences`)."""
     units: list[tuple[str, int, bool]] = []
     at = 0
-    for fence in [*_FENCE.finditer(draft), None]:
+    for fence in [*FENCED_BLOCK.finditer(draft), None]:
         prose = draft[at : fence.start() if fence else len(draft)]
         first = draft.count("\n", 0, at)
         for offset, line in enumerate(prose.split("\n")):
@@ -373,7 +376,7 @@ def _assemble(kept: list[tuple[int, str]], draft: str) -> str:
     out = ordered[0][1] if ordered else ""
     for (before_line, before), (line, text) in zip(ordered, ordered[1:]):
         between = rows[before_line + before.count("\n") + 1 : line]
-        code = _FENCE.match(text) or _FENCE.match(before)
+        code = FENCED_BLOCK.match(text) or FENCED_BLOCK.match(before)
         out += " " if line == before_line else "\n\n" if code or any(not r.strip() for r in between) else "\n"
         out += text
     return out

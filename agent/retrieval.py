@@ -91,16 +91,9 @@ class Retriever:
         started = time.perf_counter()
         rankings = [[i for i, _ in run] for run in dense_runs + lexical_runs]
         fused = reciprocal_rank_fusion(rankings, k=self.settings.rrf_k)
-        dense = [pair for run in dense_runs for pair in run]
-        lexical = [pair for run in lexical_runs for pair in run]
         pool = fused[: max(k, 20)] if self.settings.reranker_model else fused[: k * 3]
         rows = self.kb.chunks_by_id([i for i, _ in pool])  # ids unknown to SQLite (stale vectors) drop out
-        dense_by_id: dict[str, float] = {}
-        for cid, score in dense:  # a chunk found by several phrasings keeps its best score
-            dense_by_id[cid] = max(score, dense_by_id.get(cid, score))
-        lexical_by_id: dict[str, float] = {}
-        for cid, score in lexical:
-            lexical_by_id[cid] = max(score, lexical_by_id.get(cid, score))
+        dense_by_id, lexical_by_id = _best_scores(dense_runs), _best_scores(lexical_runs)
         hits = [
             Hit(
                 chunk_id=cid,
@@ -127,8 +120,17 @@ class Retriever:
             hits.sort(key=lambda h: -h.score)
             timings["rerank_ms"] = _ms(started)
 
-        best = max((s for _, s in dense), default=0.0)
+        best = max(dense_by_id.values(), default=0.0)
         return SearchResult(hits=hits[:k], best_dense=best, timings_ms=timings, retriever=dense_index.target.label)
+
+
+def _best_scores(runs: list[list[tuple[str, float]]]) -> dict[str, float]:
+    """chunk id -> its best score over the runs: a chunk found by several phrasings keeps its best."""
+    best: dict[str, float] = {}
+    for run in runs:
+        for cid, score in run:
+            best[cid] = max(score, best.get(cid, score))
+    return best
 
 
 def _ms(started: float) -> float:
