@@ -16,11 +16,12 @@ weights it started with. Every change is written to the audit log.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,21 @@ _VERSION = re.compile(r"^v(\d{4,})$")
 
 class RegistryError(RuntimeError):
     """A registry operation that cannot be done (unknown version, nothing to roll back to, ...)."""
+
+
+def record_from_row(cls: type, row: dict[str, Any]) -> Any:
+    """A registry record (AdapterRecord, RetrieverRecord) from its table row: required columns as stored,
+    JSON columns decoded when the row still holds their text, a missing or empty one its field's default."""
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.default is MISSING and f.default_factory is MISSING:
+            values[f.name] = row[f.name]
+            continue
+        value = row.get(f.name)
+        if f.default_factory is not MISSING:  # config, data_counts, losses, metrics: JSON in SQLite
+            value = (json.loads(value) if isinstance(value, str) else value) or f.default_factory()
+        values[f.name] = f.default if value is None else value
+    return cls(**values)
 
 
 @dataclass
@@ -51,12 +67,7 @@ class AdapterRecord:
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> AdapterRecord:
-        return cls(
-            version=row["version"], path=row["path"], base_model=row["base_model"], status=row["status"],
-            run_id=row.get("run_id"), config=row.get("config") or {}, data_counts=row.get("data_counts") or {},
-            losses=row.get("losses") or [], metrics=row.get("metrics") or {}, created_at=row.get("created_at") or "",
-            promoted_at=row.get("promoted_at"),
-        )
+        return record_from_row(cls, row)
 
     @property
     def final_loss(self) -> float | None:

@@ -25,7 +25,6 @@ BM25 is untouched throughout.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import threading
@@ -49,7 +48,7 @@ from storage.index import (
     embedding_text,
 )
 from storage.knowledge import serving_target
-from training.registry import RegistryError, next_free_version
+from training.registry import RegistryError, next_free_version, record_from_row
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +80,7 @@ class RetrieverRecord:
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> RetrieverRecord:
-        decoded = {k: json.loads(row[k]) if isinstance(row.get(k), str) else row.get(k)
-                   for k in ("config", "data_counts", "losses", "metrics")}
-        return cls(version=row["version"], path=row["path"], base_model=row["base_model"],
-                   collection=row["collection"], status=row["status"], index_state=row["index_state"],
-                   run_id=row.get("run_id"), config=decoded["config"] or {}, data_counts=decoded["data_counts"] or {},
-                   losses=decoded["losses"] or [], metrics=decoded["metrics"] or {},
-                   created_at=row.get("created_at") or "", promoted_at=row.get("promoted_at"))
+        return record_from_row(cls, row)
 
     @property
     def final_loss(self) -> float | None:
