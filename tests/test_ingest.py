@@ -132,3 +132,18 @@ def test_disk_full_during_store_loses_nothing(kb, docs):
     assert kb.stats()["chunks"] == before
     assert kb.vectors.count() == vectors_before  # the new version's vectors were rolled back too
     assert any("5%" in h.text for h in _search(kb, "canary traffic share"))
+
+
+def test_dense_query_asks_for_more_than_the_collection_holds(kb, docs):
+    """VectorIndex.query passes k straight to Chroma (no count() per query): a collection, or a source filter,
+    with fewer chunks than k returns what it has, and an empty collection returns nothing."""
+    dense = kb.dense
+    vector = dense.embedder.encode(["staging cluster"])[0]
+    assert dense.index.query(vector, 40) == []
+    kb.ingest([docs])
+    held = dense.index.count()
+    assert 0 < held < 40
+    found = dense.index.query(vector, 40)
+    assert len(found) == held and found[0][1] >= found[-1][1]
+    only = dense.index.query(vector, 40, sources=["notes.txt"])
+    assert only and {cid for cid, _ in only} < {cid for cid, _ in found}
