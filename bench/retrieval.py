@@ -6,12 +6,15 @@ SQLite fetch) over N synthetic chunks.
 The chunks are synthetic prose from a fixed vocabulary and their vectors are random unit vectors (real
 MiniLM embeddings of 100k chunks would take ~10 minutes here and don't change the index's speed); the
 query goes through the real embedder. Quality is measured by `flywheel eval`, not here.
+It runs with OMP_WAIT_POLICY=PASSIVE unless set, as `flywheel` does (storage/hub.py: passive_openmp),
+and records the load before measuring: on shared cores the numbers depend on it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import tempfile
@@ -87,12 +90,18 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     add_report_argument(parser)
     args = parser.parse_args()
+    # The same OpenMP setting as `flywheel` (bot/cli.py), before the embedder imports torch.
+    from storage.hub import passive_openmp
+
+    passive_openmp()
     for n in args.chunks:
         with tempfile.TemporaryDirectory() as tmp:
             started = time.perf_counter()
             kb = build(Path(tmp), n)
             build_s = time.perf_counter() - started
-            result = {"chunks": n, "build_s": round(build_s, 1), **measure(kb, args.queries)}
+            load_before = os.getloadavg()[0]
+            result = {"chunks": n, "build_s": round(build_s, 1), **measure(kb, args.queries),
+                      "load_1m_before": round(load_before, 2), "omp_wait_policy": os.environ["OMP_WAIT_POLICY"]}
             print(json.dumps(result), flush=True)
             record("retrieval", result, args.report)
 

@@ -68,6 +68,9 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log deta
     for noisy in ("httpx", "chromadb", "sentence_transformers", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING if verbose else logging.ERROR)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from storage.hub import passive_openmp
+
+    passive_openmp()  # before any command imports torch: serving shares the cores (storage/hub.py)
 
 
 # --- knowledge base -----------------------------------------------------------------------------
