@@ -29,7 +29,8 @@ def train_file(tmp_path: Path) -> Path:
 
 def _config(tiny_model_dir: Path, train_file: Path, out: Path, **overrides) -> RunConfig:
     values = dict(model=str(tiny_model_dir), train_file=str(train_file), output_dir=str(out), lora_layers=0.5,
-                  lora_dropout=0.0, batch_size=2, threads=1, epochs=2, save_steps=1000)
+                  lora_dropout=0.0, batch_size=2, threads=1, epochs=2, save_steps=1000,
+                  packed_forward=False)  # this file tests the unpacked path (non-Llama models); see test_packed_forward
     return RunConfig(**{**values, **overrides})
 
 

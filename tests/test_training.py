@@ -129,12 +129,13 @@ def test_dpo_continues_the_sft_adapter_and_prefers_chosen(train_settings, store,
     assert (Path(dpo.path) / "adapter_model.safetensors").is_file()
 
 
-@pytest.mark.parametrize("packing", [True, False])
-def test_only_completion_tokens_carry_labels(tiny_model_dir, dataset_dir, tmp_path, packing):
+@pytest.mark.parametrize(("packing", "packed_forward"), [(True, False), (False, True), (False, False)])
+def test_only_completion_tokens_carry_labels(tiny_model_dir, dataset_dir, tmp_path, packing, packed_forward):
     import torch
 
     cfg = RunConfig(model=str(tiny_model_dir), train_file=str(dataset_dir / "sft_train.jsonl"),
-                    output_dir=str(tmp_path / "out"), batch_size=3, packing=packing, threads=1)
+                    output_dir=str(tmp_path / "out"), batch_size=3, packing=packing, threads=1,
+                    packed_forward=packed_forward)
     trainer, _, _ = build_trainer(cfg)
     batch = next(iter(trainer.get_train_dataloader()))
     tokenizer = trainer.processing_class
@@ -142,7 +143,9 @@ def test_only_completion_tokens_carry_labels(tiny_model_dir, dataset_dir, tmp_pa
     trained = [tokenizer.decode(ids[row][labels[row] != -100]) for row in range(ids.size(0))]
     text = " ".join(trained)
     examples = sum(tokenizer.decode(row).count("<|im_start|>user") for row in ids)  # packing merges rows
-    assert examples > 1 if packing else examples == 1  # on CPU: one unpadded example per forward, or a packed row
+    # trl's packing and our packed CPU forward: the step's rows in one padding-free row; else one unpadded
+    # example per forward.
+    assert examples > 1 if packing or packed_forward else examples == 1
     assert text.count("Item ") == examples  # one completion per example, nothing else
     assert "Context" not in text and "Question" not in text and "system" not in text
     assert text.count("<|im_end|>") == examples  # the end-of-turn token is trained: the model learns to stop

@@ -100,6 +100,29 @@ class PrefixCache:
                 digest.update(value.detach().cpu().contiguous().numpy().tobytes())
         return digest.digest()
 
+    @staticmethod
+    def row_key(input_ids: Any) -> bytes:
+        """Key of one row of a padding-free batch (training/packed_forward.py): its token ids alone, as its
+        position ids are always 0..n-1 and it attends to nothing else."""
+        ids = input_ids.detach().cpu().contiguous()
+        digest = hashlib.blake2b(digest_size=20)
+        digest.update(f"row:{ids.numel()}:{ids.dtype}".encode())
+        digest.update(ids.numpy().tobytes())
+        return digest.digest()
+
+    def get(self, key: bytes) -> Any:
+        """The cached states for `key`, or None."""
+        return self.states.get(key)
+
+    def put(self, key: bytes, states: Any) -> bool:
+        """Keep `states` (no autograd history) under `key` unless that would exceed the budget."""
+        size = states.numel() * states.element_size()
+        if key in self.states or self.bytes + size > self.max_bytes:
+            return False
+        self.states[key] = states
+        self.bytes += size
+        return True
+
     def forward(self, model: Any, inputs: dict[str, Any], **kwargs: Any) -> Any:
         """`model(**inputs, **kwargs)`, skipping the frozen layers when this example's states are cached."""
         key = self.key(inputs)

@@ -22,17 +22,19 @@ stay unseen by every training decision.
 Why the settings differ from trl's defaults (all measured on a 2-core CPU without bf16 units):
   * fp32, not bf16 — without AVX512-bf16/AMX, bf16 matmuls are emulated and several times slower;
   * no gradient checkpointing — it recomputes activations to save memory we don't lack;
-  * no padding: on CPU one example per forward, accumulated to `batch_size` — with no attention
-    mask SDPA uses its fused causal kernel, while any mask (padding, or the block mask of packed
-    rows) falls back to the math path that keeps a seq² attention matrix per layer for backward;
-    on CUDA, best-fit-decreasing packing (padding-free, flash-attention varlen) instead;
-  * the LM head runs on completion positions only (`completion_logits_trainer`): the prompt's
-    logits are discarded by the completion-only loss anyway, and the 49k-word head is the biggest
-    matmul of a 135M model;
-  * the frozen lower layers' outputs are cached per example on the first epoch and reused after
-    (training/prefix_cache.py): with LoRA on the top half only, no gradient reaches them and their
-    output for a fixed example never changes, so epochs 2 and 3 run only the adapted layers — the
-    same loss and gradients (`activation_cache_mb`, 0 = off);
+  * no padding: on CPU with a Llama-architecture model (the default SmolLM2), each step's rows are
+    concatenated into one padding-free row and trained in one forward and backward by
+    training/packed_forward.py (`packed_forward`): attention runs per row through SDPA's fused causal
+    kernel (a mask — padding, or the block mask of packed rows — would drop it to the math path that
+    keeps a seq² matrix per layer), the frozen lower layers run once per row and are cached across
+    epochs, the last layer, final norm and LM head run only for the trained positions (with
+    completion-only loss the prompt's logits are discarded, and the 49k-word head is the biggest
+    matmul of a 135M model), and LoRA's forward is leaner (cheaper dropout draw, fused add). Same
+    loss and gradients as the model's own forward (tests/test_packed_forward.py).
+    Other models on CPU: one example per forward, accumulated to `batch_size`, the LM head on trained
+    positions only (`completion_logits_trainer`) and the frozen lower layers' outputs cached per
+    example (training/prefix_cache.py; `activation_cache_mb`, 0 = off). On CUDA, best-fit-decreasing
+    packing (padding-free, flash-attention varlen) instead;
   * torch threads = cores, dataloader workers 0 (worker processes only steal the cores), and
     OMP_WAIT_POLICY=PASSIVE so idle OpenMP threads sleep rather than spin on shared cores;
   * learning rate 2e-4, the usual LoRA rate (trl's 2e-5 is for full fine-tuning).
@@ -97,6 +99,7 @@ class RunConfig:
     dpo_beta: float = 0.1  # DPO's and KTO's β: how far the policy may move from its reference
     sft_weight: float = 1.0  # DPO: weight of the SFT (NLL on chosen) term, the old `rpo_alpha`
     activation_cache_mb: int = 2048  # SFT on CPU: frozen lower layers' outputs kept across epochs (0 = off)
+    packed_forward: bool = True  # SFT on CPU, Llama models: one padding-free forward per step (packed_forward.py)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form provenance (run id, data counts)
 
     @classmethod
@@ -332,6 +335,10 @@ def completion_logits_trainer(base: type) -> type:
 
     class CompletionLogitsTrainer(base):  # type: ignore[misc, valid-type]
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[no-untyped-def]
+            packed = getattr(self, "packed", None)  # training/packed_forward.py: padding-free CPU batches
+            if packed is not None:
+                loss, logits = packed.loss(inputs, num_items_in_batch)
+                return (loss, {"logits": logits}) if return_outputs else loss
             labels = inputs["labels"]
             # Position t predicts token t+1; shift once here, as the model's own loss would.
             targets = F.pad(labels, (0, 1), value=-100)[:, 1:]
@@ -362,14 +369,21 @@ def build_trainer(cfg: RunConfig) -> tuple[Any, Any, dict[str, Any]]:
     import torch
     from trl import SFTConfig, SFTTrainer
 
+    from training.packed_forward import supports as supports_packed
+
     cuda = torch.cuda.is_available()
     tokenizer = load_tokenizer(cfg.model)
     model, quantized = load_base(cfg.model, cfg.quantize)
     train = load_jsonl(cfg.train_file, ("prompt", "completion"))
     heldout = load_jsonl(cfg.eval_file, ("prompt", "completion")) if has_rows(cfg.eval_file) else None
     packing = cuda if cfg.packing is None else cfg.packing
+    # CPU, Llama decoder: a step's rows in one padding-free row (training/packed_forward.py).
+    packed = not cuda and not packing and cfg.packed_forward and supports_packed(model)
+    batching: dict[str, Any] = {}
+    if packed:  # the same rows per optimizer step as the unpacked recipe, in one forward instead of batch_size
+        batching = dict(per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum)
     args = SFTConfig(
-        **common_args(cfg, cuda),
+        **{**common_args(cfg, cuda), **batching},
         max_length=cfg.max_seq_len,
         completion_only_loss=True,  # prompt tokens carry label -100: learn to answer, not to echo contexts
         # Packing with best-fit decreasing implies padding-free batches; transformers derives the
@@ -378,7 +392,8 @@ def build_trainer(cfg: RunConfig) -> tuple[Any, Any, dict[str, Any]]:
         packing_strategy="bfd",
         # Without packing, batch examples of similar length so little is padded (GPU batches).
         train_sampling_strategy="group_by_length" if not packing and cuda else "random",
-        include_num_input_tokens_seen="all" if packing else "non_padding",
+        # Padding-free batches have no padding to leave out (and the pad token is <|im_end|>, which rows contain).
+        include_num_input_tokens_seen="all" if packing or packed else "non_padding",
         dataset_num_proc=None,
         # The held-out loss every checkpoint; run() adds one at the end. Loss only: the logits of a
         # completion-only forward are not needed, and gathering them costs memory.
@@ -395,15 +410,31 @@ def build_trainer(cfg: RunConfig) -> tuple[Any, Any, dict[str, Any]]:
         peft_config = None
     else:
         peft_config = lora_config(cfg, model)
+    collator = None
+    if packed:  # trl's own padding-free flattening (position ids restart per row); rows truncated by trl as usual
+        from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+        collator = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=True)
     trainer = completion_logits_trainer(SFTTrainer)(
         model=model, args=args, train_dataset=train, eval_dataset=heldout, processing_class=tokenizer,
-        peft_config=peft_config, callbacks=[callback])
-    if not cuda:  # every epoch after the first skips the frozen lower layers (exact; see the module)
+        peft_config=peft_config, callbacks=[callback], data_collator=collator)
+    if packed:
+        from training.packed_forward import PackedForward, lean_lora, retain_heap
+
+        retain_heap()  # this is the training process: keep the activations' pages from step to step
+
+        trainer.packed = PackedForward.for_model(trainer.model, cfg.activation_cache_mb << 20)
+        if trainer.packed is None:  # e.g. an init_adapter that trains embeddings: the lower layers are not fixed
+            raise ValueError(f"{cfg.init_adapter or cfg.model}: packed_forward needs frozen layers below the "
+                             "adapted ones; set packed_forward to false in RUN.json")
+        trainer.prefix_cache = trainer.packed.cache  # for stats (bench/train_speed.py)
+        lean_lora(trainer.model, trainer.packed.layers[trainer.packed.first:])
+    elif not cuda:  # every epoch after the first skips the frozen lower layers (exact; see the module)
         from training.prefix_cache import PrefixCache
 
         trainer.prefix_cache = PrefixCache.for_model(trainer.model, cfg.activation_cache_mb << 20)
     info = {"train_examples": len(train), "eval_examples": len(heldout) if heldout is not None else 0,
-            "quantized": quantized, "device": "cuda" if cuda else "cpu"}
+            "quantized": quantized, "device": "cuda" if cuda else "cpu", "packed_forward": bool(packed)}
     return trainer, callback, info
 
 
