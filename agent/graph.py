@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any, TypedDict
 
-from agent.grounding import (FENCE_LINE, FENCED_BLOCK, EmbeddingCache, check_draft, choose_quote, names,
+from agent.grounding import (FENCE_LINE, FENCED_BLOCK, EmbeddingCache, check_draft, choose_quote, excerpts, names,
                              unknown_names)
 from agent.prompts import CONDENSE_PROMPT, NOT_FOUND, build_messages, passage_label, says_not_found
 from agent.retrieval import Hit, Retriever
@@ -230,6 +230,11 @@ class Agent:
                 break
             context.append(hit)
             used += hit["tokens"]
+        if self.settings.evidence_runs > 0 and context:
+            # A 135M model loses the answer in 1,000 tokens of passages; shown only the few runs of
+            # sentences that best match the question, it restates one of them instead of inventing.
+            shown, _ = excerpts(state["query"], [Hit(**h) for h in context], self.embed, self.settings.evidence_runs)
+            context = [h.as_dict() for h in shown]
         return {"context": context}
 
     def answerable(self, state: AnswerState) -> str:
@@ -274,17 +279,15 @@ class Agent:
         embed = self.embed
         refused = says_not_found(draft)
         checked = check_draft(draft, state["query"], passages, embed) if not refused else None
-        # The quote may come from any retrieved hit, not only the ones that fit the prompt: numbering
-        # continues after the prompt's passages, so the draft's [n] keep their meaning.
-        shown = {p.chunk_id for p in passages}
-        candidates = passages + [Hit(**h) for h in state.get("hits", []) if h["chunk_id"] not in shown]
+        # The quote may come from any retrieved hit, whole, not only from what the prompt showed.
+        candidates = [Hit(**h) for h in state.get("hits", [])] or passages
         kept = checked is not None and checked.supported
         quote = None if kept else choose_quote(state["query"], candidates, embed)  # only when it may be shown
         needed = self.settings.min_quote_score + (self.settings.refusal_margin if refused else 0.0)
         extra = {"checks": [asdict(c) for c in checked.checks] if checked else [],
                  "quote_score": quote.score if quote else None}
-        if kept:
-            return self._shown(state, started, extra, candidates, checked.answer, checked.cited, "model")
+        if kept:  # the draft's [n] number the prompt's passages
+            return self._shown(state, started, extra, passages, checked.answer, checked.cited, "model")
         if quote is not None and quote.score >= needed:
             return self._shown(state, started, extra, candidates, quote.answer, quote.cited, "quote")
         return self._shown(state, started, extra)

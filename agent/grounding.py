@@ -22,14 +22,19 @@ table-of-contents, index or dot-leader lines.
 
 from __future__ import annotations
 
+import dataclasses
+import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
 from agent.prompts import Passage
 from storage.text import split_sentences, stopwords, terms, word_count
+
+P = TypeVar("P", bound=Passage)
 
 Embed = Callable[[list[str]], np.ndarray]  # texts -> (n, d) L2-normalized rows
 
@@ -519,7 +524,34 @@ def choose_quote(question: str, passages: Sequence[Passage], embed: Embed | None
             if len(parts) > 2:  # "SEV1 vs SEV2": a question naming two rows asks about exactly those rows
                 return named
             break
-    runs: list[tuple[int, str, str]] = []  # (passage index, first sentence, run)
+    ranked = rank_runs(question, passages, embed, max_passages, max_sentences)
+    if not ranked or (named is not None and named.score >= ranked[0].score):
+        return named  # one named row competes with the sentences like any other candidate
+    best = ranked[0]
+    return Quote(f"The documents say: “{best.text}” [{best.passage + 1}]", [best.passage + 1], round(best.score, 3),
+                 best.semantic, best.lexical)
+
+
+@dataclass
+class Run:
+    """Up to `max_sentences` consecutive sentences of one passage, scored as an answer to a question."""
+    passage: int  # 0-based index into the passages
+    text: str
+    score: float  # 0.7 · cosine + 0.3 · term share − 0.02 · passage rank
+    semantic: float
+    lexical: float
+    first: int  # index of its first sentence in the passage
+
+
+def rank_runs(question: str, passages: Sequence[Passage], embed: Embed | None = None, max_passages: int = 5,
+              max_sentences: int = 3) -> list[Run]:
+    """Every run of consecutive passage sentences, best answer to the question first (the scoring of
+    `choose_quote`); runs sharing nothing with the question and under 0.5 cosine are left out."""
+    wanted = terms(_SCAFFOLDING.sub(" ", question)) or terms(question)
+    if not wanted or not passages:
+        return []
+    weight = QUOTE_SEMANTIC_WEIGHT if embed is not None else 0.0
+    runs: list[tuple[int, int, str, str]] = []  # (passage index, first sentence index, first sentence, run)
     for pi, p in enumerate(passages[:max_passages]):
         parts = sentences(p.text)
         header = next((i for i, part in enumerate(parts) if _is_table_row(part)), None)
@@ -528,38 +560,85 @@ def choose_quote(question: str, passages: Sequence[Passage], embed: Embed | None
                 continue
             if _is_table_row(first):  # a row is a unit, read with its column names (shown with it too)
                 row = f"{parts[header]} / {first}" if header is not None and header < si else first
-                runs.append((pi, row, row))
+                runs.append((pi, si, row, row))
                 continue
             run = [first]
             for nxt in parts[si + 1 : si + max_sentences]:
                 if is_navigation(nxt) or _is_table_row(nxt) or len(" ".join(run + [nxt])) > QUOTE_MAX_CHARS:
                     break
                 run.append(nxt)
-            runs.append((pi, first, _join(run)))
+            runs.append((pi, si, first, _join(run)))
     if not runs:
-        return named
+        return []
     if embed is not None:
-        vectors = embed([question] + [r[1] for r in runs] + [r[2] for r in runs])
+        vectors = embed([question] + [r[2] for r in runs] + [r[3] for r in runs])
         first_cos, run_cos = vectors[1 : len(runs) + 1] @ vectors[0], vectors[len(runs) + 1 :] @ vectors[0]
         cosine = np.maximum(first_cos, run_cos)
     else:
         cosine = np.zeros(len(runs), dtype=np.float32)
-    best: tuple[float, int, float, float] | None = None
-    for n, (pi, _, run) in enumerate(runs):
+    out: list[Run] = []
+    for n, (pi, si, _, run) in enumerate(runs):
         lexical = len(wanted & (terms(run) | terms(passages[pi].heading or ""))) / len(wanted)
         if lexical == 0 and cosine[n] < 0.5:
             continue
         score = weight * float(cosine[n]) + (1 - weight) * lexical - 0.02 * pi
-        if best is None or score > best[0]:
-            best = (score, n, float(cosine[n]), lexical)
-    if best is None or (named is not None and named.score >= best[0]):
-        return named  # one named row competes with the sentences like any other candidate
-    score, n, cos, lexical = best
-    pi, first, run = runs[n]
-    # A numbered list splits as "... success. 4." — drop the next item's dangling number.
-    quote = re.sub(r"\s+\d{1,2}[.)]$", "", run.strip())
-    return Quote(f"The documents say: “{quote}” [{pi + 1}]", [pi + 1], round(score, 3), round(cos, 3),
-                 round(lexical, 3))
+        # A numbered list splits as "... success. 4." — drop the next item's dangling number.
+        text = re.sub(r"\s+\d{1,2}[.)]$", "", run.strip())
+        out.append(Run(pi, text, score, round(float(cosine[n]), 3), round(lexical, 3), si))
+    out.sort(key=lambda r: -r.score)  # stable: on a tie the earlier passage and sentence win, as before
+    return out
+
+
+def evidence(question: str, passages: Sequence[Passage], embed: Embed | None = None, k: int = 3,
+             max_sentences: int = 3) -> list[Run]:
+    """The `k` best runs (`rank_runs`) that don't overlap: what the model is shown to write its answer
+    from — a few short excerpts instead of whole chunks, so a small model reads only what matters."""
+    chosen: list[Run] = []
+    for run in rank_runs(question, passages, embed, max_sentences=max_sentences):
+        if any(c.passage == run.passage and abs(c.first - run.first) < max_sentences for c in chosen):
+            continue
+        chosen.append(run)
+        if len(chosen) == k:
+            break
+    return chosen
+
+
+def excerpts(question: str, passages: Sequence[P], embed: Embed | None = None, k: int = 3,
+             answer: str | None = None, rng: random.Random | None = None) -> tuple[list[P], int | None]:
+    """The prompt's passages cut down to the `k` runs of `evidence`, each a copy of its passage with the
+    run as its text (same source, heading, page and id), best first; the passages unchanged when no run
+    matches. Returns (excerpts, None) — or, for a training example whose `answer` is known, (excerpts,
+    1-based position of the run that supports it): when no chosen run does, the answer's best run in
+    any passage replaces the last one at a random position (`rng`), as retrieval misses are trained."""
+    runs = evidence(question, passages, embed, k)
+    if not runs:
+        return list(passages), None
+    at: int | None = None
+    if answer is not None:
+        held = [support(answer, r.text, question) for r in runs]
+        at = max(range(len(runs)), key=held.__getitem__) if max(held) >= 0.6 else None
+        if at is None:
+            own = max((Run(pi, text, 0.0, 0.0, 0.0, 0) for pi, p in enumerate(passages)
+                       for text in _runs_of(p.text)), key=lambda r: support(answer, r.text, question), default=None)
+            if own is not None and support(answer, own.text, question) >= 0.6:
+                runs = runs[: k - 1]
+                at = (rng or random.Random(0)).randint(0, len(runs))
+                runs.insert(at, own)
+        at = None if at is None else at + 1
+    return [dataclasses.replace(passages[r.passage], text=r.text) for r in runs], at
+
+
+def _runs_of(text: str, max_sentences: int = 3) -> list[str]:
+    """Every run of up to `max_sentences` consecutive sentences of a passage; like `rank_runs`, a run never
+    starts at or crosses a navigation line."""
+    parts = sentences(text)
+    out = []
+    for i in range(len(parts)):
+        for n in range(1, max_sentences + 1):
+            if i + n > len(parts) or is_navigation(parts[i + n - 1]):
+                break
+            out.append(_join(parts[i : i + n]))
+    return out
 
 
 def extractive_answer(query: str, passages: Sequence[Passage], min_coverage: float = 0.0,

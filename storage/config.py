@@ -77,6 +77,10 @@ class Settings(BaseSettings):
         4, description="Stop generating after this many finished sentences (0 = only max_new_tokens): the check "
         "shows what a passage supports, so a rambling tail only costs the user time."
     )
+    evidence_runs: int = Field(
+        0, description="Show the model only this many short excerpts (runs of up to 3 sentences that best match the "
+        "question) instead of whole passages; 0 = whole passages."
+    )
     temperature: float = 0.0
     threads: int = Field(0, description="torch threads; 0 = all cores.")
     anthropic_model: str = "claude-sonnet-4-6"

@@ -7,6 +7,7 @@ the stages that train on them (SFT with its held-out loss, KTO on voted drafts) 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -139,6 +140,42 @@ def test_build_datasets_formats_feedback_and_loads(distilled: KnowledgeBase, tmp
     for name in ("sft_train.jsonl", "sft_heldout.jsonl", "dpo.jsonl", "kto.jsonl"):
         loaded = load_dataset("json", data_files=str(tmp_path / "ds" / name), split="train")
         assert len(loaded) == report.files[name]
+
+
+def test_with_evidence_runs_training_prompts_are_the_agents_excerpts(distilled: KnowledgeBase, tmp_path: Path) -> None:
+    """FLYWHEEL_EVIDENCE_RUNS shows the model a few sentence runs instead of whole chunks; the adapter must
+    train on exactly that view, and each answer must cite the excerpt that holds it."""
+    from agent.grounding import support
+
+    kb = distilled
+    settings = kb.settings.model_copy(update={"evidence_runs": 2})
+    report = build_datasets(settings, kb.store, kb, out_dir=tmp_path / "ev", teacher=OfflineTeacher())
+    train = _read(tmp_path / "ev" / "sft_train.jsonl")
+    assert report.sources["sft_train.jsonl"]["distilled"] >= 20
+    pairs = {p["id"]: p for p in kb.store.query("SELECT * FROM qa_pairs")}
+    chunks = kb.store.query("SELECT * FROM chunks")
+    cut = whole = 0
+    for example in (e for e in train if e["source"] == "distilled"):
+        pair, answer = pairs[example["id"]], example["completion"][0]["content"]
+        content = example["prompt"][1]["content"]
+        bodies = [b.split("\n", 1)[1] for b in content.split("Question:")[0].removeprefix("Context:\n").split("\n\n[")]
+
+        def flat(text: str) -> str:  # sentences are read without list bullets and line breaks
+            return " ".join(re.sub(r"(?m)^\s*(?:[-*•]|\d{1,2}[.)])\s+", "", text).split())
+
+        texts = [flat(c["text"]) for c in chunks]
+        if all(flat(b) in texts for b in bodies) and len(bodies) > 2:
+            whole += 1  # no run of these passages holds the answer: the whole passages are kept
+            continue
+        assert 1 <= len(bodies) <= 2
+        # excerpts of real chunks (a table row travels with its header row: "header / row")
+        foreign = [part for b in bodies for part in b.split(" / ") if not any(flat(part) in t for t in texts)]
+        assert not foreign
+        cut += any(flat(b) not in texts for b in bodies)
+        n = int(answer.rsplit("[", 1)[1].rstrip("].")) if answer.rstrip(".").endswith("]") else None
+        assert n is not None and support(pair["answer"], bodies[n - 1], pair["question"]) >= 0.6
+    assert whole <= cut / 4
+    assert cut >= 10  # most prompts really are cut down to sentence runs
 
 
 # --- feedback rules, on the ingested handbook without distilled pairs ---------------------------------

@@ -276,3 +276,52 @@ def test_a_quotation_must_be_the_documents_own_words(embed):
     assert not checked.supported and checked.checks[0].reason == "misquote"
     exact = '"Überstunden werden innerhalb von drei Monaten durch Freizeit ausgeglichen." [1]'
     assert check_draft(exact, "Innerhalb welcher Frist werden Überstunden ausgeglichen?", passage, embed).supported
+
+
+ONCALL = [
+    P("Acknowledge a page within 15 minutes. Acknowledging means you are looking at it. The secondary is "
+      "paged at the 15-minute mark.", heading="On-call > Paging", source="oncall.md"),
+    P("Postmortems are published within 5 business days. Action items are tracked in PLAT.",
+      heading="On-call > After the incident", source="oncall.md"),
+    P("Expenses above 500 dollars need manager approval. Receipts are uploaded within 30 days.",
+      heading="Expenses > Approval", source="expenses.md"),
+]
+
+
+def test_excerpts_are_the_best_runs_as_copies_of_their_passages(embed):
+    from agent.grounding import excerpts
+
+    shown, at = excerpts("When are postmortems published, and how long do I have to acknowledge a page?",
+                         ONCALL, embed, k=2)
+    assert len(shown) == 2 and at is None
+    assert {s.heading for s in shown} == {"On-call > Paging", "On-call > After the incident"}
+    assert all(s.source == "oncall.md" for s in shown)
+    assert all(any(s.text in p.text for p in ONCALL) for s in shown)  # excerpts, never rewritten text
+    # Nothing matches: the passages are shown as they are.
+    assert excerpts("Who maintains the coffee machine?", ONCALL, embed, k=2) == (ONCALL, None)
+
+
+def test_excerpts_never_overlap_within_a_passage(embed):
+    from agent.grounding import excerpts
+
+    shown, _ = excerpts("How long do I have to acknowledge a page?", ONCALL, embed, k=3)
+    firsts = [(s.source, s.heading, split_sentences(s.text)[0]) for s in shown]
+    assert len(set(firsts)) == len(firsts)
+    texts = [s.text for s in shown if s.heading == "On-call > Paging"]
+    assert len(texts) <= 1  # its three sentences are one run: a second run from it would repeat them
+
+
+def test_a_training_answer_is_always_in_an_excerpt_and_its_position_is_returned(embed):
+    import random
+
+    from agent.grounding import excerpts
+
+    # The question's words point at the paging passage; the answer sits in the expenses one.
+    answer = "Receipts are uploaded within 30 days."
+    shown, at = excerpts("How long do I have to acknowledge a page?", ONCALL, embed, k=2, answer=answer,
+                         rng=random.Random(1))
+    assert at is not None and 1 <= at <= 2 and answer in shown[at - 1].text
+    assert len(shown) == 2
+    # An answer no passage supports gets no position: the caller keeps the whole passages.
+    assert excerpts("How long do I have to acknowledge a page?", ONCALL, embed, k=2,
+                    answer="Badges are printed by the front desk on Mondays.")[1] is None

@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.grounding import sentences, strip_markers, support
+from agent.grounding import EmbeddingCache, excerpts, sentences, strip_markers, support
 from agent.prompts import NOT_FOUND, Passage, build_messages
 from agent.retrieval import Hit, Retriever
 from storage.db import new_id, now
@@ -86,6 +86,7 @@ class _Builder:
         self.retriever = Retriever(kb)
         self.rng = random.Random(seed)
         self._search_cache: dict[str, list[Hit]] = {}
+        self._embed: EmbeddingCache | None = None
 
     def search(self, question: str) -> list[Hit]:
         if question not in self._search_cache:
@@ -111,11 +112,24 @@ class _Builder:
                 used += 0 if hit is own_hit else hit.tokens
         return kept[: max(self.settings.context_chunks, 1 + self.settings.distractors)], kept.index(own_hit) + 1
 
+    def excerpts(self, question: str, passages: list[Hit], answer: str | None = None) -> tuple[list[Hit], int | None]:
+        """The agent's `evidence_runs` excerpts of `passages` (agent/graph.py select), so training prompts
+        look like serving prompts; with `answer`, also the 1-based excerpt that supports it."""
+        if self.settings.evidence_runs <= 0:
+            return passages, None
+        if self._embed is None:
+            self._embed = EmbeddingCache(lambda texts: self.kb.embedder.encode(texts))
+        return excerpts(question, passages, self._embed, self.settings.evidence_runs, answer, self.rng)
+
     def sft_example(self, pair: dict[str, Any], chunk: dict[str, Any]) -> dict[str, Any]:
         passages, n = self.passages_for(pair["question"], chunk)
         # A teacher's refusal pair (a near-topic question the section doesn't answer) teaches the plain
         # reply with its own section in view: the hardest case, where the words match but the fact is absent.
         refusal = pair["answer"].strip() == NOT_FOUND
+        if self.settings.evidence_runs > 0:
+            shown, at = self.excerpts(pair["question"], passages, None if refusal else strip_markers(pair["answer"]))
+            if refusal or at is not None:  # else no run holds the answer: the whole passages are kept
+                passages, n = shown, at or n
         return {
             "prompt": build_messages(pair["question"], passages),
             "completion": [{"role": "assistant", "content": NOT_FOUND if refusal else with_marker(pair["answer"], n)}],
@@ -129,6 +143,7 @@ class _Builder:
         passages = passages[: self.settings.context_chunks]
         if not passages:
             return None
+        passages, _ = self.excerpts(pair["question"], passages)
         return {
             "prompt": build_messages(pair["question"], passages),
             "completion": [{"role": "assistant", "content": NOT_FOUND}],
