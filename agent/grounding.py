@@ -293,6 +293,12 @@ def check_draft(draft: str, question: str, passages: Sequence[Passage], embed: E
             # answer is; it isn't one, though every word of it is in the passage.
             checks.append(SentenceCheck(bare, None, 0.0, 0.0, False, "navigation"))
             continue
+        first = re.match(r"[^\W\d_]+", bare)
+        if first and first.group().islower() and first.group() in stopwords():
+            # "in order to open the database connection [1]." continues a sentence that isn't there: its
+            # words are the passage's, but it answers nothing (a small model cut off mid-thought).
+            checks.append(SentenceCheck(bare, None, 0.0, 0.0, False, "fragment"))
+            continue
         if len(novel) < MIN_NOVEL_TERMS or word_count(bare) < 4:
             # "Yes.", "cache = {}", "For example:": too little to check, and nothing a reader needs alone
             checks.append(SentenceCheck(bare, None, 0.0, 0.0, False, "short"))

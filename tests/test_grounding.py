@@ -325,3 +325,16 @@ def test_a_training_answer_is_always_in_an_excerpt_and_its_position_is_returned(
     # An answer no passage supports gets no position: the caller keeps the whole passages.
     assert excerpts("How long do I have to acknowledge a page?", ONCALL, embed, k=2,
                     answer="Badges are printed by the front desk on Mondays.")[1] is None
+
+
+def test_a_fragment_is_not_an_answer(embed):
+    passage = [P("Call sqlite3_open() with the file name in order to open the database connection. The handle "
+                 "is returned through the second argument.", source="c3ref.html", heading="Opening A New Database")]
+    fragment = check_draft("in order to open the database connection [1].", "How do I stream replicas?", passage, embed)
+    assert not fragment.supported and fragment.answer == "" and fragment.checks[0].reason == "fragment"
+    whole = check_draft("Call sqlite3_open() with the file name to open the database connection [1].",
+                        "How do I open a database?", passage, embed)
+    assert whole.supported  # the same words as a sentence of its own are an answer
+    lower_name = check_draft("sqlite3_open() returns the handle through the second argument [1].",
+                             "How do I get the handle?", passage, embed)
+    assert lower_name.supported  # a sentence may start with a lowercase identifier
