@@ -3,7 +3,8 @@ over the sample handbook's questions.
 
     python bench/answer.py --questions 8
 
-The first call converts the bundled GGUF once into FLYWHEEL_HOME (~20 s) and is not counted.
+The first call converts the bundled GGUF once into FLYWHEEL_HOME (~20 s) and is not counted. Runs with
+OMP_WAIT_POLICY=PASSIVE unless set, as `flywheel` and the bot do.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ def main() -> None:
     add_report_argument(parser)
     args = parser.parse_args()
 
+    from storage.hub import passive_openmp
+
+    passive_openmp()  # as `flywheel` and the bot run (storage/hub.py), before torch loads
     from agent.graph import Agent
     from storage.config import Settings
     from storage.samples import sample_handbook, sample_questions
