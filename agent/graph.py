@@ -22,8 +22,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any, TypedDict
 
-from agent.grounding import (FENCE_LINE, FENCED_BLOCK, EmbeddingCache, check_draft, choose_quote, excerpts, names,
-                             unknown_names)
+from agent.grounding import (FENCE_LINE, FENCED_BLOCK, EmbeddingCache, can_still_pass, check_draft, choose_quote,
+                             excerpts, names, unknown_names)
 from agent.prompts import CONDENSE_PROMPT, NOT_FOUND, build_messages, passage_label, says_not_found
 from agent.retrieval import Hit, Retriever
 from storage.config import Settings
@@ -254,6 +254,7 @@ class Agent:
         pieces: list[str] = []
         first_token_ms = None
         adapter = None
+        judged = 0  # finished sentences already checked
         stream = self.generator.stream(messages, max_new_tokens=self.settings.max_new_tokens)
         for piece in stream:
             if first_token_ms is None:
@@ -262,12 +263,26 @@ class Agent:
                 adapter = getattr(self.generator, "adapter", None)
             pieces.append(piece)
             write({"token": piece})
-            if answer_complete("".join(pieces), self.settings.max_answer_sentences):
+            text = "".join(pieces)
+            if answer_complete(text, self.settings.max_answer_sentences):
                 stream.close()  # frees the model now: the user would wait for text the check drops
                 break
+            if self._hopeless(text, judged, state["query"], passages):
+                stream.close()  # the check will drop this draft whatever follows: quote now
+                break
+            judged = len(split_sentences(text, lines=True)) - 1
         timings = _timed(state, "generate_ms", started)
         timings["first_token_ms"] = first_token_ms or timings["generate_ms"]
         return {"draft": "".join(pieces).strip(), "prompt": messages, "adapter": adapter, "timings": timings}
+
+    def _hopeless(self, text: str, judged: int, query: str, passages: list[Hit]) -> bool:
+        """A new sentence just finished and, with those before it, the draft can no longer be shown
+        (`can_still_pass`). Drafts with code are left alone: a block is judged whole, once it is closed."""
+        finished = split_sentences(text, lines=True)[:-1]  # the last piece may still be growing
+        if len(finished) <= judged or FENCE_LINE.search(text) or says_not_found(text):
+            return False
+        checked = check_draft("\n".join(finished), query, passages, self.embed)
+        return not can_still_pass(checked, len(finished), self.settings.max_answer_sentences)
 
     def check(self, state: AnswerState) -> dict:
         """Show the model's supported sentences (produced_by "model"); when none hold up, quote the passage

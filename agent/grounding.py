@@ -331,6 +331,24 @@ def check_draft(draft: str, question: str, passages: Sequence[Passage], embed: E
                        support=round(share, 3), supported=trusted, checks=checks)
 
 
+def can_still_pass(checked: Attribution, finished: int, max_sentences: int) -> bool:
+    """Whether a draft cut after `finished` sentences, judged as `checked`, is still worth writing on.
+
+    False when its first judged sentence is unsupported — a draft that opens with an invention is not
+    trusted: of the 22 model answers shown on the SQLite questions (base and a cycle's adapter, whole
+    passages), none had an unsupported first sentence — or when, even if each of the remaining
+    `max_sentences - finished` sentences held up, the supported share could not reach
+    MIN_SUPPORTED_SHARE. Either way the user gets the quote, so generating more only costs time."""
+    judged = [c for c in checked.checks if c.reason not in ("empty", "short", "navigation")]
+    if judged and not judged[0].supported:
+        return False
+    if max_sentences <= 0:
+        return True
+    supported = sum(c.supported for c in judged)
+    remaining = max(max_sentences - finished, 0)
+    return supported + remaining > 0 and (supported + remaining) / (len(judged) + remaining) >= MIN_SUPPORTED_SHARE
+
+
 _QUOTED = re.compile(r"[\"“„«]([^\"“”„«»]{12,})[\"”“»]")
 
 

@@ -257,3 +257,37 @@ def test_cli_ask_never_prints_a_draft_the_check_dropped(cli):
     assert data["produced_by"] in ("quote", "refusal")
     # Nothing above the checked answer: no streamed draft, no "…" placeholder, no rule under a draft.
     assert shown.stdout.lstrip().startswith(data["answer"].split("\n")[0][:60]), shown.stdout[:200]
+
+
+class _Streamed:
+    """The language model's stand-in: streams a fixed draft word by word and counts what it was asked for."""
+
+    name, adapter = "scripted-lm", None
+
+    def __init__(self, draft: str) -> None:
+        self.draft, self.sent = draft, 0
+
+    def stream(self, messages, max_new_tokens=None):
+        import re
+
+        for word in re.findall(r"\S+\s*", self.draft):
+            self.sent += 1
+            yield word
+
+
+def test_generation_stops_once_the_draft_opens_with_an_invention(agent):
+    question = "How long do I have to acknowledge a page?"
+    invented = ("Pages are acknowledged by fax to the Lisbon office within two business weeks. "
+                + "Then the secondary on-call reviews the weekly roster with the director. " * 3)
+    agent._generator = _Streamed(invented)
+    result = agent.answer(question, record=False)
+    assert result.produced_by == "quote" and "15 minutes" in result.answer
+    first = len(invented.split(". ")[0].split())
+    # the words of the first sentence plus the one that showed it was finished, not the rest
+    assert agent.generator.sent <= first + 2 < len(invented.split())
+    assert result.draft.startswith("Pages are acknowledged by fax") and "roster" not in result.draft
+
+    supported = "Acknowledge a page within 15 minutes [1]. " * 1 + "The secondary is paged if you don't [1]. "
+    agent._generator = _Streamed(supported)
+    result = agent.answer(question, record=False)
+    assert agent.generator.sent == len(supported.split())  # a draft that holds up is written to its end

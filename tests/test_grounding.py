@@ -338,3 +338,21 @@ def test_a_fragment_is_not_an_answer(embed):
     lower_name = check_draft("sqlite3_open() returns the handle through the second argument [1].",
                              "How do I get the handle?", passage, embed)
     assert lower_name.supported  # a sentence may start with a lowercase identifier
+
+
+def test_a_draft_that_opens_with_an_invention_is_not_worth_finishing(embed):
+    from agent.grounding import can_still_pass
+
+    question = "How much is the hotel allowance?"
+    good = check_draft("Hotel costs are reimbursed up to 180 dollars per night [1].", question, TRAVEL, embed)
+    assert can_still_pass(good, finished=1, max_sentences=4)
+    invented = check_draft("The quarterly offsite is held in Lisbon every March with a gala dinner [2].", question,
+                           TRAVEL, embed)
+    assert not invented.supported and not can_still_pass(invented, finished=1, max_sentences=4)
+    # Supported first, then two inventions with one sentence left: 1 + 1 of 4 could still reach half...
+    mixed = check_draft("Hotel costs are reimbursed up to 180 dollars per night [1]. The quarterly offsite is held "
+                        "in Lisbon every March. Team leads fly business class to every offsite.", question, TRAVEL,
+                        embed)
+    assert can_still_pass(mixed, finished=3, max_sentences=4)
+    # ... but not with no sentence left: the check will drop it, so generation stops.
+    assert not can_still_pass(mixed, finished=3, max_sentences=3) and not mixed.supported
