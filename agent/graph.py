@@ -277,7 +277,11 @@ class Agent:
 
     def _hopeless(self, text: str, judged: int, query: str, passages: list[Hit]) -> bool:
         """A new sentence just finished and, with those before it, the draft can no longer be shown
-        (`can_still_pass`). Drafts with code are left alone: a block is judged whole, once it is closed."""
+        (`can_still_pass`). Drafts with code are left alone: a block is judged whole, once it is closed.
+        Only the local model's drafts are cut: the first-sentence rule was measured on it, and a hosted
+        model may open with a preface ("Based on the documents, …") before its supported answer."""
+        if self.settings.backend != "transformers":
+            return False
         finished = split_sentences(text, lines=True)[:-1]  # the last piece may still be growing
         if len(finished) <= judged or FENCE_LINE.search(text) or says_not_found(text):
             return False
