@@ -156,10 +156,25 @@ def quantities(text: str) -> set[tuple[str, str]]:
     return {(n.replace(",", ""), next(iter(terms(w)), w.lower())) for n, w in _QUANTITY.findall(text)}
 
 
+_MONTH = r"(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?"
+_DATE = re.compile(rf"\b{_MONTH}\s+(\d{{1,2}})(?:st|nd|rd|th)?\b|\b(\d{{1,2}})(?:st|nd|rd|th)?\s+(?:of\s+)?{_MONTH}", re.I)
+
+
+def dates(text: str) -> set[tuple[str, str]]:
+    """(month, day) of every day-of-month date: 'October 1st', '1 Oct', '15th of December' -> ('oct', '1')…"""
+    out = set()
+    for month, day, day2, month2 in _DATE.findall(text):
+        out.add(((month or month2).lower(), day or day2))
+    return out
+
+
 def numbers_hold(sentence: str, passage_text: str) -> bool:
-    """Every number of the sentence is in the passage, and a number the sentence pairs with a unit the
-    passage also measures in ("minutes") is paired with that unit in the passage too."""
+    """Every number of the sentence is in the passage, a number the sentence pairs with a unit the
+    passage also measures in ("minutes") is paired with that unit in the passage too, and every date it
+    gives is a date of the passage ("October 1st" is not "the first Monday of October")."""
     if not numbers(sentence) <= numbers(passage_text):
+        return False
+    if not dates(sentence) <= dates(passage_text):
         return False
     pairs = quantities(passage_text)
     units = {u for _, u in pairs}

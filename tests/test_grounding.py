@@ -356,3 +356,18 @@ def test_a_draft_that_opens_with_an_invention_is_not_worth_finishing(embed):
     assert can_still_pass(mixed, finished=3, max_sentences=4)
     # ... but not with no sentence left: the check will drop it, so generation stops.
     assert not can_still_pass(mixed, finished=3, max_sentences=3) and not mixed.supported
+
+
+def test_a_date_the_passage_does_not_give_is_not_supported(embed):
+    # A new user saw "October 1st" shown as grounded where the document says "the first Monday of October".
+    passage = [P("The travel budget for the platform team is 12000 euros per year. The Q3 review meeting is held "
+                 "on the first Monday of October.", source="Budget [draft].md", heading="Budget")]
+    draft = "The travel budget for the platform team is 12000 euros [1]. The Q3 review meeting was held on October 1st [1]."
+    checked = check_draft(draft, "What is the travel budget for the platform team?", passage, embed)
+    assert "October 1st" not in checked.answer and "12000 euros" in checked.answer
+    assert [c.reason for c in checked.checks][-1] == "number"
+    freeze = [P("The December freeze runs from December 15 to January 5 (inclusive).", heading="Freeze")]
+    assert check_draft("The freeze runs from December 15 to January 5 [1].", "When is the freeze?", freeze,
+                       embed).supported  # the same dates, written the same way or as '15th of December'
+    assert check_draft("The freeze starts on the 15th of December [1].", "When does the freeze start?", freeze,
+                       embed).supported
