@@ -267,23 +267,22 @@ class Agent:
             if answer_complete(text, self.settings.max_answer_sentences):
                 stream.close()  # frees the model now: the user would wait for text the check drops
                 break
-            if self._hopeless(text, judged, state["query"], passages):
-                stream.close()  # the check will drop this draft whatever follows: quote now
-                break
-            judged = len(split_sentences(text, lines=True)) - 1
+            finished = split_sentences(text, lines=True)[:-1]  # the last piece may still be growing
+            if len(finished) > judged:  # a sentence just finished: judge the draft so far, once
+                judged = len(finished)
+                if self._hopeless(text, finished, state["query"], passages):
+                    stream.close()  # the check will drop this draft whatever follows: quote now
+                    break
         timings = _timed(state, "generate_ms", started)
         timings["first_token_ms"] = first_token_ms or timings["generate_ms"]
         return {"draft": "".join(pieces).strip(), "prompt": messages, "adapter": adapter, "timings": timings}
 
-    def _hopeless(self, text: str, judged: int, query: str, passages: list[Hit]) -> bool:
-        """A new sentence just finished and, with those before it, the draft can no longer be shown
+    def _hopeless(self, text: str, finished: list[str], query: str, passages: list[Hit]) -> bool:
+        """With its `finished` sentences so far, the draft `text` can no longer be shown
         (`can_still_pass`). Drafts with code are left alone: a block is judged whole, once it is closed.
         Only the local model's drafts are cut: the first-sentence rule was measured on it, and a hosted
         model may open with a preface ("Based on the documents, …") before its supported answer."""
-        if self.settings.backend != "transformers":
-            return False
-        finished = split_sentences(text, lines=True)[:-1]  # the last piece may still be growing
-        if len(finished) <= judged or FENCE_LINE.search(text) or says_not_found(text):
+        if self.settings.backend != "transformers" or FENCE_LINE.search(text) or says_not_found(text):
             return False
         checked = check_draft("\n".join(finished), query, passages, self.embed)
         return not can_still_pass(checked, len(finished), self.settings.max_answer_sentences)
