@@ -81,6 +81,8 @@ def test_packed_loss_and_gradients_are_the_plain_forwards(tiny_model_dir, train_
         loss = trainer.compute_loss(model, dict(batch))
         loss.backward()
         results.append((float(loss.detach()), _grads(model)))
+        # the rows open with the same system prompt and context words: computed once, attended by all
+        assert trainer.packed.shared >= 20
     assert cache.stats() == {"examples": 3, "bytes": cache.bytes, "hits": 3, "misses": 3}
 
     assert plain_grads and any(".layers.1." in n for n in plain_grads)
@@ -110,6 +112,29 @@ def test_rows_do_not_see_each_other(tiny_model_dir, train_file, tmp_path):
     first, third = rows < starts[1], rows >= starts[2]
     assert torch.equal(before[first], after[first]) and torch.equal(before[third], after[third])
     assert not torch.equal(before[~first & ~third], after[~first & ~third])
+
+
+def test_shared_prefix_is_what_every_row_opens_with_and_never_a_trained_position():
+    import torch
+
+    from training.packed_forward import shared_prefix
+
+    rows = [[1, 2, 3, 4, 5, 6, 7], [1, 2, 3, 4, 9, 9], [1, 2, 3, 4, 5, 8, 8, 8]]
+    bounds, start = [], 0
+    for row in rows:
+        bounds.append((start, start + len(row)))
+        start += len(row)
+    ids = torch.tensor([t for row in rows for t in row])
+    untrained = torch.zeros(len(ids), dtype=torch.bool)
+    assert shared_prefix(ids, bounds, untrained, minimum=1) == 4  # the rows part at their 5th token
+    assert shared_prefix(ids, bounds[::2], untrained, minimum=1) == 5
+    assert shared_prefix(ids, bounds, untrained, minimum=5) == 0  # too short to be worth it
+    assert shared_prefix(ids, bounds[:1], untrained, minimum=1) == 0  # one row: nothing to share
+    trained = untrained.clone()
+    trained[bounds[2][0] + 2] = True  # the third row's 3rd position is trained: it keeps its own logits
+    assert shared_prefix(ids, bounds, trained, minimum=1) == 2
+    short = torch.tensor([1, 2, 1, 2, 3])  # a row of two tokens keeps its last one
+    assert shared_prefix(short, [(0, 2), (2, 5)], torch.zeros(5, dtype=torch.bool), minimum=1) == 1
 
 
 def test_whole_runs_follow_the_plain_loss_curve(tiny_model_dir, train_file, tmp_path):

@@ -13,6 +13,10 @@ step's rows concatenated into one row, `position_ids` restarting at 0 for each) 
   * the frozen lower layers run once per row under `no_grad` and their output is kept per row
     (training/prefix_cache.py's budget and exactness rules), so epochs 2 and 3 start at the first
     adapted layer;
+  * the step's rows share their opening tokens (the system prompt and the context's first words, ~70 of
+    a ~400-token RAG row): the adapted layers compute that common prefix once per step, and every other
+    row attends to its keys and values (`shared_prefix`) — the same numbers a row of its own would give,
+    as causal attention makes a prefix's states independent of what follows it;
   * the last layer computes keys and values for every position (the answer attends to them) but its
     queries, attention output, MLP, the final norm and the LM head only for the positions whose next
     token is trained: the rest of that layer's output feeds nothing;
@@ -40,6 +44,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import types
+from itertools import accumulate
 from typing import Any
 
 import torch
@@ -49,6 +54,8 @@ from training.prefix_cache import PrefixCache, first_trainable_layer
 
 # A 16-bit random integer is dropped below this many steps of 2^-16 from the bottom of its range.
 _INT16_SPAN = 1 << 16
+# Shorter common prefixes are not worth the layout change (a few positions per row).
+MIN_SHARED = 8
 
 
 def _decoder_parts(model: Any) -> tuple[Any, Any] | None:
@@ -82,6 +89,28 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos.unsqueeze(1) + rotated * sin.unsqueeze(1)
 
 
+def shared_prefix(ids: torch.Tensor, bounds: list[tuple[int, int]], trained: torch.Tensor,
+                  minimum: int = MIN_SHARED) -> int:
+    """Length of the prefix every row of a packed batch opens with, (n,) token ids, stopping before each
+    row's first trained position (a shared position must not need its own logits) and one short of the
+    shortest row (every row keeps a position of its own); 0 for one row or fewer than `minimum` tokens."""
+    if len(bounds) < 2:
+        return 0
+    first_a, first_b = bounds[0]
+    limit = min(b - a for a, b in bounds) - 1
+    for a, b in bounds:
+        positions = trained[a:b].nonzero()
+        if positions.numel():
+            limit = min(limit, int(positions[0]))
+    limit = max(limit, 0)
+    head = ids[first_a: first_a + limit]
+    same = torch.ones(limit, dtype=torch.bool)
+    for a, _ in bounds[1:]:
+        same &= ids[a: a + limit] == head
+    length = limit if bool(same.all()) else int((~same).nonzero()[0])
+    return length if length >= minimum else 0
+
+
 def segment_bounds(position_ids: torch.Tensor | None, length: int) -> list[tuple[int, int]]:
     """[start, end) of each row of a padding-free batch: a row starts wherever its position id is 0."""
     if position_ids is None:
@@ -99,6 +128,7 @@ class PackedForward:
         base, decoder = _decoder_parts(model)  # type: ignore[misc]
         self.base, self.decoder, self.first, self.cache = base, decoder, first, cache
         self.layers = decoder.layers
+        self.shared = 0  # the last step's shared opening, in tokens (shared_prefix)
 
     @classmethod
     def for_model(cls, model: Any, cache_bytes: int) -> PackedForward | None:
@@ -153,10 +183,12 @@ class PackedForward:
     # -- one decoder layer ----------------------------------------------------------------------------
 
     def _layer(self, layer: Any, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-               bounds: list[tuple[int, int]], rows: torch.Tensor | None = None) -> torch.Tensor:
+               bounds: list[tuple[int, int]], shared: int = 0, rows: torch.Tensor | None = None) -> torch.Tensor:
         """LlamaDecoderLayer.forward over a padding-free batch, each row attending only to itself. With
-        `rows` (sorted positions) only those positions' outputs are computed, (1, len(rows), hidden):
-        keys and values still come from every position, as the rows' attention needs them."""
+        `shared` > 0 the first row's first `shared` positions are every row's opening too: the other rows
+        hold only their own positions and attend to those first. With `rows` (sorted positions) only those
+        positions' outputs are computed, (1, len(rows), hidden): keys and values still come from every
+        position, as the rows' attention needs them."""
         attn = layer.self_attn
         n, dim = hidden.shape[1], attn.head_dim
         x = layer.input_layernorm(hidden)
@@ -167,19 +199,36 @@ class PackedForward:
         q_cos, q_sin = (cos, sin) if rows is None else (cos[:, rows], sin[:, rows])
         q, k = _rotate(q, q_cos, q_sin), _rotate(k, cos, sin)
         gqa = q.shape[1] != k.shape[1]
+        sizes = [b - a for a, b in bounds]
+        # split, not slicing: its backward concatenates, where each slice's would zero-fill a whole copy
+        ks, vs = k.split(sizes, dim=2), v.split(sizes, dim=2)
+        if rows is None:
+            qs = q.split(sizes, dim=2)
+        else:
+            cuts = torch.searchsorted(rows, torch.tensor([a for a, _ in bounds] + [n])).tolist()
+            qs = q.split([hi - lo for lo, hi in zip(cuts, cuts[1:])], dim=2)
+        head_k, head_v = ks[0][:, :, :shared], vs[0][:, :, :shared]
         outputs = []
-        for a, b in bounds:
+        for i, (a, b) in enumerate(bounds):
+            opening = shared if i > 0 else 0  # positions of the first row this row also attends to
+            row_k = torch.cat((head_k, ks[i]), dim=2) if opening else ks[i]
+            row_v = torch.cat((head_v, vs[i]), dim=2) if opening else vs[i]
             if rows is None:
-                out = F.scaled_dot_product_attention(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], is_causal=True,
-                                                     scale=attn.scaling, enable_gqa=gqa)
-            else:  # the chosen positions of this row, each seeing its row up to itself
-                lo, hi = torch.searchsorted(rows, torch.tensor([a, b])).tolist()
+                # Causal attention is aligned top-left, so a row's queries are preceded by the opening's
+                # own (already computed) queries and their outputs dropped: the fused causal kernel
+                # stays, and it costs the opening's small triangle again.
+                row_q = torch.cat((qs[0][:, :, :shared], qs[i]), dim=2) if opening else qs[i]
+                out = F.scaled_dot_product_attention(row_q, row_k, row_v, is_causal=True, scale=attn.scaling,
+                                                     enable_gqa=gqa)
+                outputs.append(out[:, :, opening:])
+            else:  # the chosen positions of this row, each seeing the opening and its row up to itself
+                lo, hi = cuts[i], cuts[i + 1]
                 if lo == hi:
                     continue
-                mask = torch.arange(a, b).unsqueeze(0) <= rows[lo:hi].unsqueeze(1)
-                out = F.scaled_dot_product_attention(q[:, :, lo:hi], k[:, :, a:b], v[:, :, a:b], attn_mask=mask,
-                                                     scale=attn.scaling, enable_gqa=gqa)
-            outputs.append(out)
+                mask = torch.arange(a - opening, b).unsqueeze(0) <= rows[lo:hi].unsqueeze(1)
+                out = F.scaled_dot_product_attention(qs[i], row_k, row_v, attn_mask=mask, scale=attn.scaling,
+                                                     enable_gqa=gqa)
+                outputs.append(out)
         out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
         out = attn.o_proj(out.transpose(1, 2).reshape(1, out.shape[2], -1))
         hidden = (hidden if rows is None else hidden[:, rows]) + out
@@ -202,16 +251,23 @@ class PackedForward:
         # Position t predicts token t+1 of its own row: never across a row boundary.
         targets = F.pad(labels, (0, 1), value=-100)[:, 1:].clone()
         targets[0, [b - 1 for _, b in bounds]] = -100
-        rows = (targets[0] != -100).nonzero().flatten()
-        if rows.numel() == 0:  # nothing to learn here: a zero loss that still reaches the graph
-            rows = torch.zeros(1, dtype=torch.long)
         embed = self.decoder.embed_tokens.weight
         cos, sin = self.decoder.rotary_emb(embed[:1].unsqueeze(0), position_ids=position_ids)
         hidden = self._lower(input_ids, bounds, cos, sin)
+        # From here on the rows after the first drop the opening they share with it (`_layer`).
+        self.shared = shared = shared_prefix(input_ids[0], bounds, targets[0] != -100)
+        if shared:
+            keep = torch.cat([torch.arange(*bounds[0])] + [torch.arange(a + shared, b) for a, b in bounds[1:]])
+            hidden, cos, sin, targets = hidden[:, keep], cos[:, keep], sin[:, keep], targets[:, keep]
+            ends = list(accumulate([bounds[0][1] - bounds[0][0]] + [b - a - shared for a, b in bounds[1:]]))
+            bounds = list(zip([0, *ends[:-1]], ends, strict=True))
+        rows = (targets[0] != -100).nonzero().flatten()
+        if rows.numel() == 0:  # nothing to learn here: a zero loss that still reaches the graph
+            rows = torch.zeros(1, dtype=torch.long)
         top = self.layers[self.first:]
         for layer in top[:-1]:
-            hidden = self._layer(layer, hidden, cos, sin, bounds)
-        hidden = self._layer(top[-1], hidden, cos, sin, bounds, rows=rows)
+            hidden = self._layer(layer, hidden, cos, sin, bounds, shared)
+        hidden = self._layer(top[-1], hidden, cos, sin, bounds, shared, rows=rows)
         logits = self.base.lm_head(self.decoder.norm(hidden))[0].float()
         total = F.cross_entropy(logits, targets[0, rows], ignore_index=-100, reduction="sum")
         count = num_items_in_batch if num_items_in_batch is not None else (targets != -100).sum()
