@@ -335,3 +335,46 @@ def test_real_default_model_answers(tmp_path: Path) -> None:
     text = gen.generate([{"role": "user", "content": "What is the capital of France?"}], max_new_tokens=20)
     assert text.strip()
     assert not text.rstrip().endswith(END_OF_TURN) and END_OF_TURN not in text
+
+
+def _reading_server(body: dict) -> list[bytes]:
+    """An OpenAI-compatible model that reads: it answers with the first sentence of passage [1] of the
+    agent's prompt, cited — what a good model's grounded answer looks like on the wire."""
+    import re
+
+    user = body["messages"][-1]["content"]
+    passage = user.split("[1] ", 1)[1].split("\n", 1)[1].split("\n\n[2]", 1)[0]
+    sentence = re.split(r"(?<=[.!?])\s+", " ".join(passage.split()))[0].rstrip(".")
+    words = f"{sentence} [1].".split(" ")
+
+    def chunk(delta: dict, finish: str | None = None) -> bytes:
+        data = {"id": "cmpl-2", "object": "chat.completion.chunk", "created": 0, "model": body["model"],
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return f"data: {json.dumps(data)}\n\n".encode()
+
+    return [chunk({"role": "assistant", "content": ""}),
+            *(chunk({"content": w + (" " if i < len(words) - 1 else "")}) for i, w in enumerate(words)),
+            chunk({}, "stop"), b"data: [DONE]\n\n"]
+
+
+def test_eval_runs_through_an_openai_compatible_server(handbook_home, tmp_path) -> None:
+    """`flywheel eval` with FLYWHEEL_BACKEND=openai (the vLLM seam): every question's prompt goes to the
+    server, and its cited answers are checked and scored like the local model's — the comparison
+    bench/compare_evals.py makes between the two backends (README: "A server instead of the local model")."""
+    import shutil
+
+    from agent.evaluate import run_eval
+    from agent.graph import Agent
+    from storage.samples import HERE
+
+    home = tmp_path / "home"
+    shutil.copytree(handbook_home, home)
+    with _fake_server("/v1/chat/completions", _reading_server) as (url, requests):
+        agent = Agent(Settings(home=home, backend="openai", openai_base_url=f"{url}/v1", openai_model="smollm2"))
+        out = tmp_path / "server.jsonl"
+        summary = run_eval(agent, HERE / "questions.jsonl", out=out, limit=3, progress=False)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 3 and len(requests) >= 3
+    assert all(r["body"]["model"] == "smollm2" and r["body"]["messages"][0]["role"] == "system" for r in requests)
+    assert all(r["produced_by"] == "model" and r["grounded"] and r["citations"] for r in rows), rows
+    assert summary["produced_by_model"] == 1.0 and "accuracy" in summary

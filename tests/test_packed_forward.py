@@ -186,3 +186,26 @@ def test_lean_lora_forward_is_peft_forward_with_the_same_mask(tiny_model_dir, tr
     assert torch.allclose(lean, expected, rtol=1e-5, atol=1e-6)
     module.eval()  # no dropout: exactly peft's forward
     assert torch.allclose(module(x), type(module).forward(module, x), rtol=1e-6, atol=1e-7)
+
+
+def test_held_out_loss_scores_a_sample_of_the_split_in_packed_batches(tiny_model_dir, train_file, tmp_path):
+    """A 200-page manual's held-out split (~230 rows) made every evaluation as long as 40 training steps:
+    eval_loss reads a seeded sample of `eval_max_rows` rows, a step's worth per padding-free forward."""
+    import torch
+
+    heldout = tmp_path / "sft_heldout.jsonl"
+    heldout.write_text("".join(json.dumps(_example(i)) + "\n" for i in range(10, 22)))
+    cfg = _config(tiny_model_dir, train_file, tmp_path / "out", eval_file=str(heldout), eval_max_rows=5)
+    trainer, _, info = build_trainer(cfg)
+    assert info["eval_examples"] == 5 and len(trainer.eval_dataset) == 5
+    assert trainer.args.per_device_eval_batch_size == cfg.batch_size
+    batch = next(iter(trainer.get_eval_dataloader()))
+    assert batch["input_ids"].shape[0] == 1 and int((batch["position_ids"] == 0).sum()) == 3
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, dict(batch))
+    assert torch.isfinite(loss)
+    again, _, _ = build_trainer(cfg)  # the same sample every time: the curve compares like with like
+    assert again.eval_dataset["prompt"] == trainer.eval_dataset["prompt"]
+    every, _, _ = build_trainer(_config(tiny_model_dir, train_file, tmp_path / "all", eval_file=str(heldout),
+                                        eval_max_rows=0))
+    assert len(every.eval_dataset) == 12

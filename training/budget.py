@@ -337,6 +337,7 @@ def plan_cycle(settings: Settings, store: Store, dataset_dir: Path, order: list[
     stages the data allows and the last retriever stage. `started` is the cycle's `time.perf_counter()` at
     its start. `force` trains on at least `min_new_pairs` pairs (or all there are) even over budget."""
     from training.train import DATA_FILES, HELDOUT_FILE, count_lines, preference_stages
+    from training.sft import EVAL_MAX_ROWS
 
     budget = settings.cycle_budget_min * 60 or None
     step = recorded_step_time(settings, store)
@@ -355,7 +356,8 @@ def plan_cycle(settings: Settings, store: Store, dataset_dir: Path, order: list[
     available = budget - elapsed - gate - after if budget else None
     minimum = min(settings.min_new_pairs, len(order)) if force else 0
     plan = fit_plan(settings, order, new_pairs, step, available_seconds=available,
-                    heldout_rows=count_lines(dataset_dir / HELDOUT_FILE), fixed_rows=fixed, max_steps=max_steps,
+                    heldout_rows=min(count_lines(dataset_dir / HELDOUT_FILE), EVAL_MAX_ROWS), fixed_rows=fixed,
+                    max_steps=max_steps,
                     minimum=minimum)
     plan.gate_seconds, plan.after_gate_seconds, plan.budget_seconds = gate, after, budget
     plan.elapsed_seconds, plan.gate_answers = elapsed, 2 * gate_items
